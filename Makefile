@@ -1,0 +1,41 @@
+# crdtcoord developer commands. Every target bootstraps .venv itself (python3 -m venv + pip).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## make demo: three replicas update concurrently, exchange deltas out of order, converge
+demo: $(STAMP)
+	$(PY) -m crdtcoord.demo
+
+## make test: lint + mypy --strict + the whole pytest suite (what CI runs)
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(PY) -m pytest
+
+## make bench: every benchmark, JSON results in benchmarks/results/
+bench: $(STAMP)
+	@mkdir -p benchmarks/results
+	$(PY) benchmarks/kernel.py --json benchmarks/results/kernel.json
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/kernel.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,71 @@
+"""crdtcoord: distributed coordination without a central bottleneck.
+
+Coordination state lives in convergent replicated data types, applied locally at memory speed and
+replicated peer to peer; the rare updates that must not diverge escalate to a consensus plug-in.
+This package re-exports the public API; everything else is internal.
+"""
+
+from crdtcoord._exceptions import (
+    ClockSkewError,
+    CodecError,
+    CrdtcoordError,
+    CrdtError,
+    IncompatibleMerge,
+    InsufficientRights,
+    InvalidArgument,
+    LeaseHeld,
+)
+from crdtcoord._wire import Limits
+from crdtcoord.clocks import HLC, Causality, Dot, DotContext, Timestamp, VersionVector
+from crdtcoord.codec import decode, digest, encode
+from crdtcoord.types import (
+    CRDT,
+    BoundedCounter,
+    EWFlag,
+    GCounter,
+    GSet,
+    Lease,
+    LeaseInfo,
+    LWWRegister,
+    MVRegister,
+    NotLeaseHolder,
+    ORMap,
+    ORSet,
+    PNCounter,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CRDT",
+    "HLC",
+    "BoundedCounter",
+    "Causality",
+    "ClockSkewError",
+    "CodecError",
+    "CrdtError",
+    "CrdtcoordError",
+    "Dot",
+    "DotContext",
+    "EWFlag",
+    "GCounter",
+    "GSet",
+    "IncompatibleMerge",
+    "InsufficientRights",
+    "InvalidArgument",
+    "LWWRegister",
+    "Lease",
+    "LeaseHeld",
+    "LeaseInfo",
+    "Limits",
+    "MVRegister",
+    "NotLeaseHolder",
+    "ORMap",
+    "ORSet",
+    "PNCounter",
+    "Timestamp",
+    "VersionVector",
+    "decode",
+    "digest",
+    "encode",
+]

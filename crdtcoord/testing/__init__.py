@@ -1,0 +1,50 @@
+"""The testing kit shipped with crdtcoord (needs hypothesis: ``pip install crdtcoord[testing]``).
+
+* :mod:`~crdtcoord.testing.strategies` — Hypothesis strategies for elements, values, ops,
+  histories and reachable states of every built-in type;
+* :mod:`~crdtcoord.testing.laws` — merge laws (commutative, associative, idempotent, monotone),
+  the delta-mutator law, codec round trip and canonical bytes, for any type;
+* :mod:`~crdtcoord.testing.machines` — a generic convergence state machine over a lossy network;
+* :mod:`~crdtcoord.testing.ops` — ops as data and a replay environment with skewed clocks.
+"""
+
+from crdtcoord.testing.laws import (
+    assert_associative,
+    assert_canonical,
+    assert_commutative,
+    assert_delta_mutator,
+    assert_idempotent,
+    assert_monotone,
+    assert_roundtrip,
+    check_laws,
+    joined,
+    leq,
+)
+from crdtcoord.testing.machines import convergence_machine
+from crdtcoord.testing.ops import Env, Op, Step, apply_op, run_history
+from crdtcoord.testing.strategies import elements, histories, ops, related_states, states, values
+
+__all__ = [
+    "Env",
+    "Op",
+    "Step",
+    "apply_op",
+    "assert_associative",
+    "assert_canonical",
+    "assert_commutative",
+    "assert_delta_mutator",
+    "assert_idempotent",
+    "assert_monotone",
+    "assert_roundtrip",
+    "check_laws",
+    "convergence_machine",
+    "elements",
+    "histories",
+    "joined",
+    "leq",
+    "ops",
+    "related_states",
+    "run_history",
+    "states",
+    "values",
+]

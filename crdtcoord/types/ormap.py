@@ -1,0 +1,298 @@
+"""Observed-remove map of nested CRDTs.
+
+Keys are elements; each key holds a nested CRDT of any crdtcoord type. The map is a causal dot
+store (Almeida et al. 2018): every update of a key creates a fresh dot carrying a nested value,
+and ``remove`` covers the dots it has observed. The key's value is the join of the nested values
+under its live dots.
+
+**What an update stores.** For "latest wins" types (:class:`LWWRegister`, :class:`MVRegister`,
+:class:`EWFlag`, :class:`Lease`) the new dot carries the full new value and covers every dot of the
+key observed. For the others (counters, sets, maps) it carries this replica's *contribution*
+(everything this replica ever applied to the key, joined with the new nested delta) and covers only
+this replica's previous dot — so deltas stay as small as this replica's share, and a key holds at
+most one nested value per replica that wrote it.
+
+**Remove semantics** (observed-remove with reset):
+
+* a remove takes away every update it observed; a key re-created after a remove it has seen starts
+  from the type's initial state — no resurrection of old contents;
+* an update **concurrent** with a remove survives (update-wins); the key then holds the
+  concurrent updater's contributions only. For counters and sets that can include that replica's
+  older contributions too (the "embedded counter anomaly" documented by riak_dt and Akka); use
+  fresh keys or a reset protocol where that matters.
+
+**Type conflicts.** If two replicas concurrently create a key with different types (or
+incompatible parameters), every replica deterministically shows the value of the type with the
+larger wire tag; updates with the other type raise :class:`IncompatibleMerge`.
+
+Guarantees: a stale read shows a map some replica had; merging a delta costs O(size of the
+delta); equal states encode to equal bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Self, TypeVar
+
+from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
+from crdtcoord._wire import Element, Reader, check_element, check_replica, element_key
+from crdtcoord.types._base import CRDTBase, read_crdt, wire_type
+from crdtcoord.types._dotstore import DotStore
+
+__all__ = ["ORMap"]
+
+V = TypeVar("V", bound=CRDTBase)
+Slot = tuple[Element, CRDTBase]
+
+
+def _rank(v: CRDTBase) -> tuple[Any, ...]:
+    return (v.TYPE_TAG, v.compat_key())
+
+
+def _envelope(v: CRDTBase) -> list[Any]:
+    return [v.TYPE_TAG, v.WIRE_VERSION, v.to_payload()]
+
+
+@wire_type(tag=9)
+class ORMap(DotStore[Slot]):
+    """A map ``key -> nested CRDT`` with observed-remove keys; see the module documentation."""
+
+    __slots__ = ("_keys", "_view")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: key -> {dot: nested value under that dot}
+        self._keys: dict[Element, dict[tuple[str, int], CRDTBase]] = {}
+        #: key -> cached join of the key's values (exact when present; rebuilt lazily)
+        self._view: dict[Element, CRDTBase] = {}
+
+    # ------------------------------------------------------------------ kernel hooks
+
+    def _on_add(self, replica: str, seq: int, payload: Slot) -> None:
+        key, val = payload
+        d = self._keys.get(key)
+        if d is None:
+            d = self._keys[key] = {}
+        d[(replica, seq)] = val
+        view = self._view.get(key)
+        if view is not None:
+            self._fold(key, view, val)
+
+    def _on_remove(self, replica: str, seq: int, payload: Slot) -> None:
+        key = payload[0]
+        d = self._keys[key]
+        del d[(replica, seq)]
+        if not d:
+            del self._keys[key]
+        self._view.pop(key, None)
+
+    def _import(self, payload: Slot) -> Slot:
+        return (payload[0], payload[1].copy())
+
+    def _join_common(self, replica: str, seq: int, mine: Slot, theirs: Slot) -> bool:
+        (mk, mv), (tk, tv) = mine, theirs
+        if mv is tv:
+            return False
+        if mk == tk and type(mk) is type(tk):
+            rm, rt = _rank(mv), _rank(tv)
+            if rt == rm:
+                if mv.merge(tv):
+                    view = self._view.get(mk)
+                    if view is not None:
+                        self._fold(mk, view, tv)
+                    return True
+                return False
+            if rt < rm:
+                return False
+        elif element_key(tk) < element_key(mk):
+            return False
+        # A forged or corrupted peer state disagrees about this dot: keep the larger payload.
+        self._remove_dot(replica, seq)
+        self._add_dot(replica, seq, self._import(theirs))
+        return True
+
+    def _fold(self, key: Element, view: CRDTBase, val: CRDTBase) -> None:
+        rv, rn = _rank(view), _rank(val)
+        if rn > rv:
+            self._view[key] = val.copy()
+        elif rn == rv:
+            view.merge(val)
+
+    def _view_of(self, key: Element) -> CRDTBase | None:
+        view = self._view.get(key)
+        if view is not None:
+            return view
+        slots = self._keys.get(key)
+        if not slots:
+            return None
+        best = max(_rank(v) for v in slots.values())
+        for v in slots.values():
+            if _rank(v) == best:
+                if view is None:
+                    view = v.copy()
+                else:
+                    view.merge(v)
+        assert view is not None
+        self._view[key] = view
+        return view
+
+    # ------------------------------------------------------------------ queries
+
+    def value(self) -> dict[Element, Any]:
+        out: dict[Element, Any] = {}
+        for k in sorted(self._keys, key=element_key):
+            view = self._view_of(k)
+            assert view is not None
+            out[k] = view.value()
+        return out
+
+    def get(self, key: Element) -> CRDTBase | None:
+        """A copy of the nested CRDT at ``key`` (None if absent). Mutate through :meth:`update`."""
+        view = self._view_of(key)
+        return None if view is None else view.copy()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[Element]:
+        return iter(sorted(self._keys, key=element_key))
+
+    def keys(self) -> list[Element]:
+        return sorted(self._keys, key=element_key)
+
+    # ------------------------------------------------------------------ mutators
+
+    def update(
+        self,
+        replica: str,
+        key: Element,
+        factory: type[V] | Callable[[], V],
+        fn: Callable[[V], V],
+    ) -> ORMap:
+        """Apply a nested mutation to ``key``, creating it with ``factory()`` if absent.
+
+        ``fn`` receives the nested CRDT, mutates it with the usual mutators and **returns the
+        nested delta** (what those mutators return), e.g.
+        ``m.update("a", "hits", GCounter, lambda c: c.increment("a", 3))``.
+        If ``fn`` raises, the map is unchanged and the exception propagates.
+        """
+        check_replica(replica)
+        key = check_element(key)
+        proto = factory()
+        if not isinstance(proto, CRDTBase):
+            raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
+        view: CRDTBase | None = self._view_of(key)
+        if view is None:
+            view = proto
+        elif _rank(view) != _rank(proto):
+            raise IncompatibleMerge(
+                f"key {key!r} holds a {type(view).__name__}{view.compat_key() or ''}, "
+                f"not a {type(proto).__name__}{proto.compat_key() or ''}"
+            )
+        try:
+            inner = fn(view)  # type: ignore[arg-type]
+        except BaseException:
+            self._view.pop(key, None)  # the cached view may be half-mutated; rebuild from dots
+            raise
+        if type(inner) is not type(view) or _rank(inner) != _rank(view):
+            self._view.pop(key, None)
+            raise InvalidArgument(
+                f"fn must return the delta of its nested mutation (a {type(view).__name__}), "
+                f"got {type(inner).__name__}"
+            )
+        slots = self._keys.get(key, {})
+        new_val: CRDTBase
+        if type(view).SUPERSEDES_IN_MAP:
+            new_val = view.copy()
+            covered = list(slots)
+        else:
+            covered = [d for d in slots if d[0] == replica]
+            rank = _rank(view)
+            mine: CRDTBase | None = None
+            for d in covered:
+                v = slots[d]
+                if _rank(v) == rank:
+                    if mine is None:
+                        mine = v.copy()
+                    else:
+                        mine.merge(v)
+            if mine is None:
+                new_val = inner.copy()
+            else:
+                mine.merge(inner)
+                new_val = mine
+        r, n = self._ctx.next_dot(replica)
+        delta = ORMap()
+        delta._add_dot(r, n, (key, new_val))
+        dctx = delta._ctx
+        dctx.add(r, n)
+        for dr, dn in covered:
+            dctx.add(dr, dn)
+        self._join(delta)
+        self._view[key] = view  # exact: the old join plus the nested delta
+        return delta
+
+    def remove(self, replica: str, key: Element) -> ORMap:
+        """Remove ``key`` as observed here (a concurrent update elsewhere survives)."""
+        check_replica(replica)
+        key = check_element(key)
+        delta = ORMap()
+        for dr, dn in self._keys.get(key, {}):
+            delta._ctx.add(dr, dn)
+        self._join(delta)
+        return delta
+
+    # ------------------------------------------------------------------ lattice plumbing
+
+    def copy(self) -> Self:
+        c = type(self)()
+        c._ctx = self._ctx.copy()
+        for r, d in self._dots.items():
+            for n, (k, v) in d.items():
+                c._add_dot(r, n, (k, v.copy()))
+        return c
+
+    def stats(self) -> dict[str, int]:
+        nested = 0
+        for d in self._dots.values():
+            for _, v in d.values():
+                nested += v.stats().get("metadata", 0)
+        return {"elements": len(self._keys), **self._context_stats(), "nested_metadata": nested}
+
+    def to_payload(self) -> Any:
+        ctx, index = self._wire_context()
+        entries = []
+        for k in sorted(self._keys, key=element_key):
+            slots = self._keys[k]
+            rows = [
+                [index[r], n, _envelope(slots[(r, n)])]
+                for r, n in sorted(slots, key=lambda d: (index[d[0]], d[1]))
+            ]
+            entries.append([k, rows])
+        return [ctx, entries]
+
+    @classmethod
+    def from_payload(cls, payload: Any, version: int, reader: Reader, depth: int) -> Self:
+        ctx, entries = reader.arr(payload, "ORMap", 2)
+        m = cls()
+        table = m._read_context(ctx, reader)
+        keys = []
+        for entry in reader.arr(entries, "entries"):
+            raw, rows = reader.arr(entry, "entry", 2)
+            key = reader.element(raw)
+            keys.append(element_key(key))
+            rows = reader.arr(rows, "key values")
+            if not rows:
+                reader.fail("a key must have at least one value")
+            order = []
+            for row in rows:
+                ridx, seq, env = reader.arr(row, "key value", 3)
+                r, n = m._read_dot(table, ridx, seq, reader)
+                order.append((ridx, n))
+                m._add_dot(r, n, (key, read_crdt(env, reader, depth + 1)))
+            reader.increasing(order, "key values")
+        reader.increasing(keys, "keys")
+        return m
