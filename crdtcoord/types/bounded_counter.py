@@ -16,6 +16,12 @@ at all. A stale view of other replicas' transfers only under-estimates ``rights(
 over-estimates it. A decrement beyond the local rights raises :class:`InsufficientRights` and
 changes nothing; the remedy is a ``transfer`` from a replica with spare rights (or an escalation).
 
+**Deltas.** An increment's delta is the one entry it raised (it can only add rights). A decrement's
+or a transfer's delta is the whole state — small, O(replicas²) — because spending is only safe
+together with the rights that justified it: a lone "decremented" entry delivered before the
+increment it spent would show a value below the bound. With full-state spend deltas, every join of
+states and deltas, in any delivery order, respects the bound.
+
 Under partition each side can spend exactly the rights it holds. Replica ids must never be reused
 after a replica loses its state (it would forget what it spent); the storage layer gives a
 recovered node a new incarnation id for this reason.
@@ -101,11 +107,9 @@ class BoundedCounter(CRDTBase):
         new = self._u.get(replica, 0) + n
         if new > INT_MAX:
             raise InvalidArgument("decrement total would exceed 2**63-1")
-        delta = BoundedCounter(self._lower)
         if new:
-            delta._u[replica] = new
-        self.merge(delta)
-        return delta
+            self._u[replica] = new
+        return self.copy()
 
     def transfer(self, replica: str, to: str, n: int) -> BoundedCounter:
         """Move ``n`` of ``replica``'s rights to ``to`` (the value does not change)."""
@@ -117,7 +121,8 @@ class BoundedCounter(CRDTBase):
         have = self.rights(replica)
         if n > have:
             raise InsufficientRights(replica, n, max(have, 0))
-        return self._apply_r(replica, to, n)
+        self._apply_r(replica, to, n)
+        return self.copy()
 
     def _apply_r(self, i: str, j: str, n: int) -> BoundedCounter:
         new = self._r.get((i, j), 0) + n

@@ -1,0 +1,27 @@
+"""The public surface: everything exported is listed, sorted, and importable from crdtcoord."""
+
+from __future__ import annotations
+
+import crdtcoord_http
+
+import crdtcoord
+
+
+def test_all_is_sorted_and_complete() -> None:
+    public = sorted(
+        (name for name in vars(crdtcoord) if not name.startswith("_")),
+        key=str.casefold,
+    )
+    modules = {"clocks", "codec", "types", "testing", "demo"}
+    assert sorted(crdtcoord.__all__, key=str.casefold) == [n for n in public if n not in modules]
+
+
+def test_every_export_has_a_docstring() -> None:
+    for name in crdtcoord.__all__:
+        obj = getattr(crdtcoord, name)
+        if callable(obj):
+            assert obj.__doc__, f"crdtcoord.{name} has no docstring"
+
+
+def test_http_package_is_importable() -> None:
+    assert crdtcoord_http.__all__ == []
