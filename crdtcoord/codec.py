@@ -12,7 +12,10 @@ so bad input never half-applies. Any malformed input raises :class:`CodecError` 
 
 from __future__ import annotations
 
+import gc
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from crdtcoord._exceptions import CodecError, CrdtcoordError
@@ -31,6 +34,24 @@ TYPE_TAGS: dict[str, int] = {t.__name__: t.TYPE_TAG for t in ALL_TYPES}
 T = TypeVar("T", bound=CRDTBase)
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building or reading a big message.
+
+    Encoding and decoding allocate many short-lived lists; on CPython 3.11 that triggers repeated
+    full collections that scan the whole (large) live heap, which measured at ~40% of the time for
+    a 100k-element set. The previous GC state is restored afterwards, even on error.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def to_wire(x: CRDTBase) -> list[Any]:
     """The unpacked envelope ``[tag, version, payload]`` (for embedding in larger messages)."""
     if not isinstance(x, CRDTBase) or type(x).TYPE_TAG not in registered_types():
@@ -40,7 +61,8 @@ def to_wire(x: CRDTBase) -> list[Any]:
 
 def encode(x: CRDTBase) -> bytes:
     """Canonical bytes of a CRDT state or delta."""
-    return pack(to_wire(x))
+    with _gc_paused():
+        return pack(to_wire(x))
 
 
 def from_wire(obj: Any, *, limits: Limits = DEFAULT_LIMITS, expect: type[T] | None = None) -> Any:
@@ -71,7 +93,8 @@ def decode(
 
     ``expect`` additionally requires a given type.
     """
-    return from_wire(unpack(data, limits), limits=limits, expect=expect)
+    with _gc_paused():
+        return from_wire(unpack(data, limits), limits=limits, expect=expect)
 
 
 def digest(x: CRDTBase) -> bytes:

@@ -115,11 +115,17 @@ class ORSet(DotStore[Element]):
     def to_payload(self) -> Any:
         ctx, index = self._wire_context()
         entries = []
+        single = len(index) == 1
         for e in sorted(self._elems, key=element_key):
-            flat: list[int] = []
-            for r, n in sorted(self._elems[e], key=lambda d: (index[d[0]], d[1])):
-                flat.append(index[r])
-                flat.append(n)
+            dots = self._elems[e]
+            if single or len(dots) == 1:
+                flat: list[int] = []
+                for r, n in sorted(dots):
+                    flat += (index[r], n)
+            else:
+                flat = []
+                for r, n in sorted(dots, key=lambda d: (index[d[0]], d[1])):
+                    flat += (index[r], n)
             entries.append([e, flat])
         return [ctx, entries]
 
@@ -128,21 +134,39 @@ class ORSet(DotStore[Element]):
         ctx, entries = reader.arr(payload, "ORSet", 2)
         s = cls()
         table = s._read_context(ctx, reader)
-        keys = []
+        nrep = len(table)
+        vv, cloud = s._ctx.vv, s._ctx.cloud
+        sdots, elems = s._dots, s._elems
+        prev_key: tuple[Any, ...] | None = None
         for entry in reader.arr(entries, "entries"):
-            raw, flat = reader.arr(entry, "entry", 2)
-            e = reader.element(raw)
-            keys.append(element_key(e))
-            flat = reader.arr(flat, "element dots")
-            if not flat or len(flat) % 2:
+            if type(entry) is not list or len(entry) != 2:
+                reader.fail("entry: expected [element, dots]")
+            raw, flat = entry
+            e = raw if type(raw) is str else reader.element(raw)
+            key = element_key(e)
+            if prev_key is not None and not prev_key < key:
+                reader.fail("elements: not in canonical order or duplicated")
+            prev_key = key
+            if type(flat) is not list or not flat or len(flat) % 2:
                 reader.fail("element dots must be non-empty (replica index, seq) pairs")
-            prev: tuple[int, int] | None = None
+            mine: set[tuple[str, int]] = set()
+            prev = (-1, 0)
             for k in range(0, len(flat), 2):
-                r, n = s._read_dot(table, flat[k], flat[k + 1], reader)
-                cur = (flat[k], n)
-                if prev is not None and not prev < cur:
+                ridx, n = flat[k], flat[k + 1]
+                if type(ridx) is not int or type(n) is not int or not 0 <= ridx < nrep:
+                    reader.fail("dot: expected (replica index, seq) integers")
+                if not prev < (ridx, n):
                     reader.fail("element dots not in canonical order")
-                prev = cur
-                s._add_dot(r, n, e)
-        reader.increasing(keys, "elements")
+                prev = (ridx, n)
+                r = table[ridx]
+                if n > vv.get(r, 0) and n not in cloud.get(r, ()):
+                    reader.fail(f"dot ({r!r}, {n}) is not in the causal context")
+                d = sdots.get(r)
+                if d is None:
+                    d = sdots[r] = {}
+                elif n in d:
+                    reader.fail(f"dot ({r!r}, {n}) appears twice")
+                d[n] = e
+                mine.add((r, n))
+            elems[e] = mine
         return s
