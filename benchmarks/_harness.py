@@ -64,14 +64,16 @@ class Bench:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
-            "results": [{k: v for k, v in asdict(r).items() if v is not None} for r in self.results],
+            "results": [
+                {k: v for k, v in asdict(r).items() if v is not None} for r in self.results
+            ],
         }
 
 
 def stats_us(samples_ns: list[int], per: int = 1) -> tuple[float, float, float]:
     """(median, p99, mean) in microseconds per operation."""
     xs = sorted(s / per / 1000 for s in samples_ns)
-    p99 = xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+    p99 = xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
     return statistics.median(xs), p99, statistics.fmean(xs)
 
 

@@ -17,11 +17,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _harness import Result, cli, finish, progress, stats_us, timed  # noqa: E402
+import pycrdt
+from _harness import Result, cli, finish, progress, stats_us, timed
 
-import pycrdt  # noqa: E402
-
-from crdtcoord import (  # noqa: E402
+from crdtcoord import (
     HLC,
     BoundedCounter,
     EWFlag,
@@ -90,8 +89,14 @@ def bench_mutators(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
         ("LWWRegister.assign (HLC)", lambda: lww.assign("node-a", nxt(), hlc)),
         ("MVRegister.assign", lambda: mv.assign("node-a", nxt())),
         ("EWFlag.enable", lambda: fl.enable("node-a")),
-        ("ORMap.update (nested GCounter)", lambda: m.update("node-a", "hits", GCounter, lambda c: c.increment("node-a", 1))),
-        ("ORMap.update (new key, LWW)", lambda: m.update("node-a", nxt(), LWWRegister, lambda r: r.assign("node-a", 1, hlc))),
+        (
+            "ORMap.update (nested GCounter)",
+            lambda: m.update("node-a", "hits", GCounter, lambda c: c.increment("node-a", 1)),
+        ),
+        (
+            "ORMap.update (new key, LWW)",
+            lambda: m.update("node-a", nxt(), LWWRegister, lambda r: r.assign("node-a", 1, hlc)),
+        ),
         ("Lease.acquire (fresh grant)", lease_cycle),
     ]
     s.add("node-a", elem(7))
@@ -140,20 +145,23 @@ def bench_merges(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
     into_empty, into_synced, y_into_empty, y_into_synced = [], [], [], []
     for _ in progress(range(full_samples), full_samples, "full merges"):
         target, same = ORSet(), decode(blob)
-        gc.collect()
-        into_empty.append(timed(lambda: target.merge(origin)))
-        into_synced.append(timed(lambda: same.merge(origin)))
         ye, ys = pycrdt.Doc(), pycrdt.Doc()
         ys.apply_update(yfull)
-        y_into_empty.append(timed(lambda: ye.apply_update(yfull)))
-        y_into_synced.append(timed(lambda: ys.apply_update(yfull)))
-        del target, same, ye, ys
+        gc.collect()
+        into_empty.append(timed(lambda t=target: t.merge(origin)))
+        into_synced.append(timed(lambda t=same: t.merge(origin)))
+        y_into_empty.append(timed(lambda d=ye: d.apply_update(yfull)))
+        y_into_synced.append(timed(lambda d=ys: d.apply_update(yfull)))
 
     def add(name: str, xs: list[int], unit_ms: bool = True, role: str | None = None) -> float:
         p50, p99, _ = stats_us(xs)
         if unit_ms:
             p50, p99 = p50 / 1000, p99 / 1000
-        b.add(Result(name, p50, "ms" if unit_ms else "us", p50=p50, p99=p99, samples=len(xs), role=role))
+        b.add(
+            Result(
+                name, p50, "ms" if unit_ms else "us", p50=p50, p99=p99, samples=len(xs), role=role
+            )
+        )
         return p50
 
     full_empty = add(f"orset_full_merge_{k}_into_empty", into_empty)
@@ -191,14 +199,42 @@ def bench_merges(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
     assert "item-0000005" not in target and elem(n + 5) in target
 
     ratio = full_synced * 1000 / delta_add
-    b.add(Result(f"orset_full_merge_vs_delta_join_{k}", ratio, "x", role="ratio",
-                 note="target >= 1000x" + (" (met)" if ratio >= 1000 else " (MISSED)")))
-    b.add(Result("orset_vs_pycrdt_delta_join", y_delta / delta_add, "x", role="ratio",
-                 note="pycrdt time / crdtcoord time, >1 means crdtcoord faster"))
-    b.add(Result("orset_vs_pycrdt_full_merge_into_empty", y_empty / full_empty, "x", role="ratio",
-                 note="pycrdt time / crdtcoord time"))
-    b.add(Result("orset_vs_pycrdt_full_merge_into_synced", y_synced / full_synced, "x", role="ratio",
-                 note="pycrdt time / crdtcoord time"))
+    b.add(
+        Result(
+            f"orset_full_merge_vs_delta_join_{k}",
+            ratio,
+            "x",
+            role="ratio",
+            note="target >= 1000x" + (" (met)" if ratio >= 1000 else " (MISSED)"),
+        )
+    )
+    b.add(
+        Result(
+            "orset_vs_pycrdt_delta_join",
+            y_delta / delta_add,
+            "x",
+            role="ratio",
+            note="pycrdt time / crdtcoord time, >1 means crdtcoord faster",
+        )
+    )
+    b.add(
+        Result(
+            "orset_vs_pycrdt_full_merge_into_empty",
+            y_empty / full_empty,
+            "x",
+            role="ratio",
+            note="pycrdt time / crdtcoord time",
+        )
+    )
+    b.add(
+        Result(
+            "orset_vs_pycrdt_full_merge_into_synced",
+            y_synced / full_synced,
+            "x",
+            role="ratio",
+            note="pycrdt time / crdtcoord time",
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- codec
@@ -233,8 +269,15 @@ def bench_codec(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
         b.add(Result(f"bytes_per_element_{name}", len(blob) / count, "B"))
     yblob = ydoc.get_update()
     b.add(Result("bytes_per_element_pycrdt_map", len(yblob) / n, "B", role="baseline"))
-    b.add(Result("orset_vs_pycrdt_bytes", (len(yblob) / n) / (len(encode(s)) / n), "x", role="ratio",
-                 note="pycrdt bytes / crdtcoord bytes"))
+    b.add(
+        Result(
+            "orset_vs_pycrdt_bytes",
+            (len(yblob) / n) / (len(encode(s)) / n),
+            "x",
+            role="ratio",
+            note="pycrdt bytes / crdtcoord bytes",
+        )
+    )
     sizes = {"gcounter_3": GCounter(), "lease": Lease()}
     for r in ("node-a", "node-b", "node-c"):
         sizes["gcounter_3"].increment(r, 123456)
