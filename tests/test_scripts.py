@@ -44,3 +44,22 @@ def test_kernel_benchmark_quick(tmp_path: Path) -> None:
     ):
         assert needed in names, needed
     assert all(r["value"] > 0 for r in data["results"])
+
+
+def test_cli_inspect(tmp_path: Path) -> None:
+    from crdtcoord import ORSet, encode
+
+    s = ORSet()
+    s.add("a", "x")
+    f = tmp_path / "state.bin"
+    f.write_bytes(encode(s))
+    run = [sys.executable, "-m", "crdtcoord.cli", "inspect"]
+    out = subprocess.run([*run, str(f)], capture_output=True, text=True, check=True).stdout
+    assert "type:   ORSet" in out and "frozenset({'x'})" in out
+    hexfile = tmp_path / "state.hex"
+    hexfile.write_text(encode(s).hex())
+    out = subprocess.run([*run, "--hex", str(hexfile)], capture_output=True, text=True, check=True)
+    assert "ORSet" in out.stdout
+    f.write_bytes(b"\x93\x05\x09\xc0")
+    bad = subprocess.run([*run, str(f)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unsupported version 9 of ORSet" in bad.stderr
