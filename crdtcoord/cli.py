@@ -1,4 +1,4 @@
-"""The ``crdtcoord`` command: ``demo`` and ``inspect`` (``serve``, ``sim``, ``bench`` come later)."""
+"""The ``crdtcoord`` command: ``demo`` and ``inspect`` (``serve``, ``sim``, ``bench`` to come)."""
 
 from __future__ import annotations
 
