@@ -302,6 +302,13 @@ class Reader:
             self.fail(f"{what}: expected a str, got {_kind(x)}")
         return x
 
+    def binary(self, x: Any, what: str, length: int | None = None) -> bytes:
+        if type(x) is not bytes:
+            self.fail(f"{what}: expected bytes, got {_kind(x)}")
+        if length is not None and len(x) != length:
+            self.fail(f"{what}: expected {length} bytes, got {len(x)}")
+        return x
+
     def replica(self, x: Any, what: str = "replica") -> str:
         s = self.string(x, what)
         if not s or len(s.encode("utf-8")) > MAX_REPLICA_ID_BYTES:

@@ -1,0 +1,126 @@
+"""What the engine asks its driver to do, and what it tells it: effects and events.
+
+:meth:`Engine.poll` returns them in order. The order matters: a :class:`Persist` always comes
+before any :class:`Send` that depends on it (an ack, or a delta carrying that update), so a driver
+that executes effects in order never acknowledges data it has not made durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crdtcoord._exceptions import CrdtcoordError
+from crdtcoord.engine.messages import Kind
+from crdtcoord.types import CRDTBase
+
+__all__ = [
+    "Changed",
+    "ConsistencyTimeout",
+    "Effect",
+    "Escalation",
+    "Event",
+    "OpFailed",
+    "PeerRepair",
+    "Persist",
+    "ReadDone",
+    "Send",
+    "WriteDone",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` (one encoded message) to ``peer``."""
+
+    peer: str
+    data: bytes
+    kind: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Make this change durable before the sends that follow: join ``delta`` into ``key``."""
+
+    key: str
+    delta: CRDTBase
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """``key`` changed; ``origin`` is None for a local update, else the peer it came from."""
+
+    key: str
+    origin: str | None
+    subscriptions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteDone:
+    """A write reached its consistency level (``acked_by`` includes this node)."""
+
+    op_id: int
+    key: str
+    acked_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDone:
+    """A read reached its consistency level; ``state`` is the join of what was read."""
+
+    op_id: int
+    key: str
+    state: CRDTBase | None
+    replied: tuple[str, ...]
+
+
+class ConsistencyTimeout(CrdtcoordError):
+    """A write or read did not reach its consistency level in time.
+
+    The outcome is **indefinite** for writes: the update is applied locally and will still
+    propagate; only the acknowledgement count was not reached. ``reached`` counts this node.
+    """
+
+    def __init__(
+        self, op: str, key: str, required: int, reached: int, peers: tuple[str, ...]
+    ) -> None:
+        self.op = op
+        self.key = key
+        self.required = required
+        self.reached = reached
+        self.peers = peers
+        super().__init__(
+            f"{op} of {key!r} reached {reached} of {required} replicas before the timeout"
+            f" (answered: {', '.join(peers) or 'none'})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OpFailed:
+    """A write or read with a consistency level failed; ``error`` says what was reached."""
+
+    op_id: int
+    key: str
+    error: ConsistencyTimeout
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """A critical key received an update concurrent with (causally unrelated to) the local
+    state, and the type says the two conflict: a candidate for the consensus hook."""
+
+    key: str
+    local: CRDTBase
+    remote: CRDTBase
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRepair:
+    """A peer fell too far behind the delta buffer: it will be repaired by anti-entropy."""
+
+    peer: str
+    reason: str = field(default="behind")
+
+
+Event = Changed | WriteDone | ReadDone | OpFailed | Escalation | PeerRepair
+Effect = Send | Persist | Event

@@ -1,0 +1,339 @@
+"""Deterministic discrete-event simulation of many replication engines.
+
+Virtual time, one seeded RNG for the network and one per node (derived from the seed), a heap of
+events ordered by ``(time, sequence number)``: the same seed gives the identical run, event for
+event, in any process (nothing depends on hash order). Each node is a real
+:class:`~crdtcoord.engine.Engine`, the same class the asyncio runtime drives, so what a notebook
+measures is what production runs.
+
+Faults: per-link latency distributions, loss, duplication, reordering, partitions and heals,
+crash and restart (keeping or losing the node's state), and per-node clock skew (each node's
+engine sees ``global time + skew``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtcoord._exceptions import InvalidArgument
+from crdtcoord.engine import Effect, Engine, EngineConfig, ProtocolError, Send
+from crdtcoord.engine.effects import Persist
+from crdtcoord.sim.network import NetworkConfig
+from crdtcoord.types import CRDTBase
+
+__all__ = ["NodeHandle", "SimStats", "Simulation"]
+
+_DELIVER, _TIMER, _ACTION = 0, 1, 2
+
+
+@dataclass
+class SimStats:
+    """Network totals of a run (bytes are message bytes as encoded by the engines)."""
+
+    messages_sent: int = 0
+    messages_delivered: int = 0
+    messages_dropped: int = 0
+    messages_duplicated: int = 0
+    bytes_sent: int = 0
+    rejected: int = 0
+    #: Bytes sent per round (``round_length`` seconds of virtual time).
+    bytes_by_round: dict[int, int] = field(default_factory=dict)
+    messages_by_round: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class NodeHandle:
+    """A simulated node: its engine, clock skew, and liveness."""
+
+    name: str
+    engine: Engine
+    skew: float = 0.0
+    up: bool = True
+    timer_at: float | None = None
+    events: list[Effect] = field(default_factory=list)
+
+
+class Simulation:
+    """``n`` engines (or the named ones) on a simulated network. Times are in seconds."""
+
+    def __init__(
+        self,
+        nodes: int | Sequence[str],
+        *,
+        seed: int = 0,
+        config: EngineConfig | None = None,
+        network: NetworkConfig | None = None,
+        skews: dict[str, float] | None = None,
+        round_length: float | None = None,
+        record_events: bool = True,
+        start: float = 0.0,
+        stagger: bool = False,
+    ) -> None:
+        names = tuple(f"n{i:05d}" for i in range(nodes)) if isinstance(nodes, int) else tuple(nodes)
+        if len(set(names)) != len(names) or not names:
+            raise InvalidArgument("node names must be distinct and at least one")
+        self.seed = seed
+        self.config = config or EngineConfig()
+        self.network = network or NetworkConfig()
+        self.rng = random.Random(f"net:{seed}")
+        self.now = start
+        self.round_length = round_length or self.config.ae_interval
+        self.record_events = record_events
+        self.names = names
+        self.stats = SimStats()
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self._blocked: set[tuple[str, str]] = set()
+        self._groups: dict[str, int] | None = None
+        self._trace = hashlib.blake2b(digest_size=16)
+        self._incarnations: dict[str, int] = {}
+        self.nodes: dict[str, NodeHandle] = {}
+        for name in names:
+            eng = self._make_engine(name, 1, None)
+            skew = (skews or {}).get(name, 0.0)
+            self.nodes[name] = NodeHandle(name, eng, skew)
+            self._incarnations[name] = 1
+        for i, h in enumerate(self.nodes.values()):
+            offset = (i / len(names)) * self.config.ae_interval if stagger else 0.0
+            self._start_node(h, start + offset)
+
+    # --------------------------------------------------------------------- construction
+
+    def _make_engine(
+        self, name: str, incarnation: int, store: dict[str, CRDTBase] | None
+    ) -> Engine:
+        rng = random.Random(f"node:{self.seed}:{name}:{incarnation}")
+        return Engine(
+            name,
+            incarnation=incarnation,
+            seeds=self.names,
+            config=self.config,
+            rng=rng,
+            store=store,
+        )
+
+    def _start_node(self, h: NodeHandle, at: float) -> None:
+        def go() -> None:
+            h.engine.start(self.now + h.skew)
+            self._after_input(h)
+
+        self.schedule(at, go)
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        return {n: h.engine for n, h in self.nodes.items()}
+
+    def engine(self, name: str) -> Engine:
+        return self.nodes[name].engine
+
+    # --------------------------------------------------------------------- event loop
+
+    def schedule(self, at: float, action: Callable[[], None]) -> None:
+        """Run ``action`` at virtual time ``at`` (deterministically ordered with other events)."""
+        self._push(max(at, self.now), _ACTION, action)
+
+    def _push(self, at: float, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, payload))
+
+    def run_until(self, t: float, *, max_events: int | None = None) -> int:
+        """Process events up to virtual time ``t``; returns how many were processed."""
+        n = 0
+        heap = self._heap
+        while heap and heap[0][0] <= t:
+            at, _, kind, payload = heapq.heappop(heap)
+            self.now = at
+            if kind == _DELIVER:
+                self._deliver(*payload)
+            elif kind == _TIMER:
+                self._fire(*payload)
+            else:
+                payload()
+            n += 1
+            if max_events is not None and n >= max_events:
+                break
+        if self.now < t and (max_events is None or n < max_events):
+            self.now = t
+        return n
+
+    def run_for(self, dt: float) -> int:
+        return self.run_until(self.now + dt)
+
+    def in_flight(self) -> int:
+        """Messages scheduled for delivery and not delivered yet."""
+        return sum(1 for e in self._heap if e[2] == _DELIVER)
+
+    # --------------------------------------------------------------------- node I/O
+
+    def _local(self, h: NodeHandle) -> float:
+        return self.now + h.skew
+
+    def _after_input(self, h: NodeHandle) -> None:
+        eng = h.engine
+        for eff in eng.poll():
+            if isinstance(eff, Send):
+                self._send(h.name, eff)
+            elif isinstance(eff, Persist):
+                pass  # the engine's store is the simulated disk: crash() snapshots it
+            elif self.record_events:
+                h.events.append(eff)
+        d = eng.next_deadline()
+        if d is None:
+            h.timer_at = None
+            return
+        at = max(self.now, d - h.skew)
+        if h.timer_at is None or at < h.timer_at or h.timer_at < self.now:
+            h.timer_at = at
+            self._push(at, _TIMER, (h.name, at))
+
+    def _fire(self, name: str, at: float) -> None:
+        h = self.nodes[name]
+        if not h.up or h.timer_at != at:
+            return  # stale timer
+        h.timer_at = None
+        h.engine.tick(self._local(h))
+        self._after_input(h)
+
+    def _send(self, src: str, eff: Send) -> None:
+        st = self.stats
+        size = len(eff.data)
+        st.messages_sent += 1
+        st.bytes_sent += size
+        r = int(self.now // self.round_length)
+        st.bytes_by_round[r] = st.bytes_by_round.get(r, 0) + size
+        st.messages_by_round[r] = st.messages_by_round.get(r, 0) + 1
+        self._trace.update(f"{self.now:.9f}|{src}>{eff.peer}|".encode())
+        self._trace.update(eff.data)
+        dst = eff.peer
+        if dst not in self.nodes or not self._reachable(src, dst):
+            st.messages_dropped += 1
+            return
+        link = self.network.link(src, dst)
+        rng = self.rng
+        if link.loss and rng.random() < link.loss:
+            st.messages_dropped += 1
+            return
+        copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+        if copies == 2:
+            st.messages_duplicated += 1
+        for _ in range(copies):
+            delay = link.latency.sample(rng)
+            if link.reorder and rng.random() < link.reorder:
+                delay += link.reorder_delay
+            self._push(self.now + delay, _DELIVER, (src, dst, eff.data))
+
+    def _reachable(self, a: str, b: str) -> bool:
+        if (a, b) in self._blocked:
+            return False
+        g = self._groups
+        return g is None or g.get(a, -1) == g.get(b, -2)
+
+    def _deliver(self, src: str, dst: str, data: bytes) -> None:
+        h = self.nodes[dst]
+        if not h.up or not self._reachable(src, dst):
+            self.stats.messages_dropped += 1
+            return
+        self.stats.messages_delivered += 1
+        try:
+            h.engine.receive(data, self._local(h))
+        except ProtocolError:
+            self.stats.rejected += 1
+        self._after_input(h)
+
+    # --------------------------------------------------------------------- user actions
+
+    def update(
+        self, node: str, key: str, factory: Any, fn: Callable[..., CRDTBase], **kw: Any
+    ) -> int:
+        """Apply a local update at ``node`` now (see :meth:`Engine.update`)."""
+        h = self.nodes[node]
+        if not h.up:
+            raise InvalidArgument(f"node {node} is down")
+        op = h.engine.update(key, factory, fn, self._local(h), **kw)
+        self._after_input(h)
+        return op
+
+    def read(self, node: str, key: str, **kw: Any) -> int:
+        h = self.nodes[node]
+        op = h.engine.read(key, self._local(h), **kw)
+        self._after_input(h)
+        return op
+
+    def inject(self, src: str, dst: str, data: bytes) -> None:
+        """Deliver raw bytes to ``dst`` as if ``src`` had sent them (for hostile-input tests)."""
+        self._push(self.now, _DELIVER, (src, dst, data))
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the network: nodes only reach nodes of their own group (unlisted: isolated)."""
+        self._groups = {n: i for i, g in enumerate(groups) for n in g}
+
+    def block(self, a: str, b: str, *, both: bool = True) -> None:
+        """Drop every message from ``a`` to ``b`` (and back, with ``both``)."""
+        self._blocked.add((a, b))
+        if both:
+            self._blocked.add((b, a))
+
+    def heal(self) -> None:
+        """Remove every partition and blocked link."""
+        self._groups = None
+        self._blocked.clear()
+
+    def set_skew(self, node: str, skew: float) -> None:
+        """Step a node's clock (it never goes backwards inside the HLC)."""
+        self.nodes[node].skew = skew
+
+    def crash(self, node: str) -> None:
+        """Stop ``node``: in-flight messages to it are lost, its volatile state is gone."""
+        h = self.nodes[node]
+        h.up = False
+        h.timer_at = None
+
+    def restart(self, node: str, *, lose_state: bool = False) -> None:
+        """Bring ``node`` back. Keeping its state: same incarnation, durable store intact, delta
+        buffers and acks lost. Losing it: an empty store under a new incarnation."""
+        h = self.nodes[node]
+        if h.up:
+            raise InvalidArgument(f"node {node} is up")
+        if lose_state:
+            self._incarnations[node] += 1
+            store = None
+        else:
+            store = h.engine.durable_state()
+        h.engine = self._make_engine(node, self._incarnations[node], store)
+        h.up = True
+        h.engine.start(self._local(h))
+        self._after_input(h)
+
+    # --------------------------------------------------------------------- observation
+
+    def live(self) -> list[str]:
+        return [n for n, h in self.nodes.items() if h.up]
+
+    def digests(self, nodes: Iterable[str] | None = None) -> dict[str, bytes]:
+        return {n: self.nodes[n].engine.digest() for n in (nodes or self.live())}
+
+    def converged(self, nodes: Iterable[str] | None = None) -> bool:
+        """Do all (live, or the given) nodes have the same root digest?"""
+        return len(set(self.digests(nodes).values())) <= 1
+
+    def quiesce(self, *, timeout: float = 60.0, step: float | None = None) -> bool:
+        """Run until every live node has the same digest and nothing is in flight (or timeout).
+
+        Returns whether it converged. Anti-entropy keeps running meanwhile, as in production.
+        """
+        step = step or self.round_length / 2
+        end = self.now + timeout
+        while self.now < end:
+            self.run_for(step)
+            if self.converged() and self.in_flight() == 0:
+                return True
+        return self.converged()
+
+    def trace_digest(self) -> str:
+        """A digest of every message sent (time, link, bytes): equal runs have equal traces."""
+        return self._trace.hexdigest()
