@@ -113,8 +113,8 @@ def encode_message(
 ) -> bytes:
     """Encode a message; ``body`` holds Python values (CRDTs and entry lists as in ``_BODY``)."""
     if kind is Kind.DELTA:
-        lo, hi, entries = body
-        wire: Any = [lo, hi, _entries(entries)]
+        stream, lo, hi, entries = body
+        wire: Any = [stream, lo, hi, _entries(entries)]
     elif kind is Kind.AE_DIFF:
         xid, entries, want, more = body
         wire = [xid, _entries(entries), list(want), more]
@@ -172,14 +172,17 @@ def _read_entries(r: Reader, x: Any, limits: Limits) -> list[Entry]:
 
 def _body(kind: Kind, x: Any, r: Reader, limits: Limits) -> tuple[Any, ...]:
     if kind is Kind.DELTA:
-        lo, hi, entries = r.arr(x, "DELTA", 3)
-        lo, hi = r.integer(lo, "lo"), r.integer(hi, "hi")
-        if hi < lo:
+        stream, lo, hi, entries = r.arr(x, "DELTA", 4)
+        stream, lo, hi = r.integer(stream, "stream"), r.integer(lo, "lo"), r.integer(hi, "hi")
+        if hi <= lo:
             r.fail("DELTA range is empty")
-        return (lo, hi, _read_entries(r, entries, limits))
+        return (stream, lo, hi, _read_entries(r, entries, limits))
     if kind is Kind.ACK:
-        (hi,) = r.arr(x, "ACK", 1)
-        return (r.integer(hi, "hi"),)
+        stream, lo, hi = r.arr(x, "ACK", 3)
+        stream, lo, hi = r.integer(stream, "stream"), r.integer(lo, "lo"), r.integer(hi, "hi")
+        if hi <= lo:
+            r.fail("ACK range is empty")
+        return (stream, lo, hi)
     if kind is Kind.AE_ROOT:
         mode, root, nkeys = r.arr(x, "AE_ROOT", 3)
         return (_mode(r, mode), r.binary(root, "root", ROOT_DIGEST), r.integer(nkeys, "nkeys"))

@@ -174,6 +174,7 @@ class Engine:
         self._reasm_bytes = 0
         self._incarnations: dict[str, int] = {}
         self._started = False
+        self._stream = 0
         #: Counters for metrics and experiments (messages/bytes by kind, rounds, repairs...).
         self.metrics: dict[str, int] = {}
         for k, v in (store or {}).items():
@@ -285,6 +286,9 @@ class Engine:
             return
         self._started = True
         self._advance(now)
+        # Identifies this process's delta stream: sequence numbers restart with the process, so
+        # acks for an older stream must not count (now and randomness differ across restarts).
+        self._stream = (int(now * 1000) ^ self._rng.getrandbits(48)) & ((1 << 62) - 1)
         if self.config.ae_enabled:
             self._next_ae = now + self._ae_gap()
         if self.config.gossip_membership:
@@ -565,7 +569,7 @@ class Engine:
                 st.sent = st.acked = max(st.acked, self._seq)
                 continue
             entries: list[Entry] = [(k, d, self._vv.get(k)) for k, d in joined.items()]
-            self._send(p, Kind.DELTA, (lo, self._seq, entries))
+            self._send(p, Kind.DELTA, (self._stream, lo, self._seq, entries))
             st.sent = self._seq
             st.last_send = self._now
             self._count("delta_messages")
@@ -617,11 +621,11 @@ class Engine:
     def _dispatch(self, env: Envelope) -> None:
         k, b, p = env.kind, env.body, env.sender
         if k is Kind.DELTA:
-            _lo, hi, entries = b
+            stream, lo, hi, entries = b
             self._merge_entries(entries, p, forward=self.config.forward_deltas)
-            self._send(p, Kind.ACK, (hi,), env.msg_id)
+            self._send(p, Kind.ACK, (stream, lo, hi), env.msg_id)
         elif k is Kind.ACK:
-            self._on_ack(p, b[0])
+            self._on_ack(p, *b)
         elif k is Kind.AE_ROOT:
             self._on_ae_root(env)
         elif k is Kind.AE_OK:
@@ -690,9 +694,14 @@ class Engine:
             self._effects.append(Escalation(key, local, remote.copy(), peer))
             self._count("escalations")
 
-    def _on_ack(self, peer: str, hi: int) -> None:
+    def _on_ack(self, peer: str, stream: int, lo: int, hi: int) -> None:
         st = self._peers.get(peer)
-        if st is None:
+        if st is None or stream != self._stream:
+            return  # an ack for another (pre-restart) delta stream of ours
+        if lo > st.acked:
+            # An earlier range was lost: acknowledging this one would skip the gap. The
+            # retransmission timer resends from st.acked.
+            self._count("acks_out_of_order")
             return
         if hi > st.acked:
             st.acked = min(hi, self._seq)

@@ -1,0 +1,10 @@
+"""Hypothesis stateful test of the engine: any schedule of faults converges once healed."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+
+from crdtcoord.testing.machines import replication_machine
+
+TestReplication = replication_machine().TestCase
+TestReplication.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
