@@ -192,9 +192,9 @@ def element_key(e: Element) -> tuple[Any, ...]:
 
 
 def normalize_value(v: object, _depth: int = 0) -> Value:
-    """Validate a register value and return its canonical form (sorted dicts, lists for tuples)."""
-    if _depth > MAX_NESTING:
-        raise InvalidArgument("value nests too deeply")
+    """Validate a register value and return its canonical form (sorted dicts, lists for tuples).
+
+    Containers may nest ``MAX_NESTING`` deep, exactly what :meth:`Reader.value` accepts."""
     if v is None or v is True or v is False:
         return v
     t = type(v)
@@ -218,6 +218,8 @@ def normalize_value(v: object, _depth: int = 0) -> Value:
     if t is bytes:
         assert isinstance(v, bytes)
         return v
+    if (t is list or t is tuple or t is dict) and _depth >= MAX_NESTING:
+        raise InvalidArgument("value nests too deeply")
     if t is list or t is tuple:
         assert isinstance(v, list | tuple)
         return [normalize_value(x, _depth + 1) for x in v]
@@ -334,18 +336,24 @@ class Reader:
         if t is float:
             if not math.isfinite(x):
                 self.fail("non-finite float in a value")
-            return x + 0.0  # type: ignore[no-any-return]
+            if x == 0.0 and math.copysign(1.0, x) < 0:
+                self.fail("-0.0 is not canonical (use 0.0)")
+            return x  # type: ignore[no-any-return]
         if depth >= self.limits.max_depth:
             self.fail("value nests too deeply")
         if t is list:
             return [self.value(y, depth + 1) for y in x]
         if t is _Pairs:
             out: dict[str, Value] = {}
+            prev: str | None = None
             for k, v in x:
                 if type(k) is not str:
                     self.fail(f"value dict key must be a str, got {_kind(k)}")
                 if k in out:
                     self.fail(f"duplicate dict key {k!r} in a value")
+                if prev is not None and not prev < k:
+                    self.fail("value dict keys not in canonical (sorted) order")
+                prev = k
                 out[k] = self.value(v, depth + 1)
             return out
         self.fail(f"{_kind(x)} is not a value type")

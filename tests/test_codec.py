@@ -76,7 +76,7 @@ def test_register_values_roundtrip(v: object) -> None:
 def test_map_keys_roundtrip(keys: list) -> None:
     m = ORMap()
     for k in keys:
-        m.update("a", k, GCounter, lambda c: c.increment("a"))
+        m.update("a", k, GCounter, lambda c, actor: c.increment(actor))
     assert_roundtrip(m)
 
 
@@ -116,6 +116,13 @@ def _pack(obj: object) -> bytes:
         ([5, 1, [[["a", 1, []]], [[True, [0, 1]]]]], "not an element type"),
         ([6, 1, [1, 0, "a", {1: 2}]], "dict key must be a str"),
         ([10, 1, ["h", 1, 1, [5, 0], [4, 0], "n"]], "expiry precedes"),
+        # regressions from the kernel review:
+        ([5, 1, [[["a", 1, []]], [["x", [0, 0]]]]], "dot seq 0"),
+        ([5, 1, [[["a", 1, []]], [["x", [0, -5]]]]], "dot seq -5"),
+        ([3, 1, [0, [], [["a", 5]]]], "negative rights"),
+        ([6, 1, [1, 0, "r", {"b": 1, "a": 2}]], "canonical \\(sorted\\) order"),
+        ([6, 1, [1, 0, "r", -0.0]], "-0.0 is not canonical"),
+        ([9, 1, [[["a", 1, []]], [["k", [[0, 1, 0, [3, 1, [0, [], []]]]]]]]], "cannot be an ORMap"),
     ],
 )
 def test_malformed_states_get_a_clear_codec_error(obj: object, message: str) -> None:
@@ -151,7 +158,7 @@ def test_limits_are_enforced() -> None:
         decode(b"\x91" * 100_000 + b"\xc0")
     nested: object = [1, 1, []]
     for _ in range(40):
-        nested = [9, 1, [[["a", 1, []]], [["k", [[0, 1, nested]]]]]]
+        nested = [9, 1, [[["a", 1, []]], [["k", [[0, 1, 0, nested]]]]]]
     with pytest.raises(CodecError, match="nest too deeply"):
         decode(_pack(nested))
 
@@ -209,10 +216,15 @@ def _corpus() -> list[bytes]:
     flag2.enable("b")
     flag.merge(flag2)
     m = ORMap()
-    m.update("a", "hits", GCounter, lambda c: c.increment("a", 3))
-    m.update("b", ("set", 1), ORSet, lambda s: s.add("b", "x"))
-    m.update("a", "inner", ORMap, lambda i: i.update("a", 7, PNCounter, lambda c: c.decrement("a")))
-    m.update("c", "reg", LWWRegister, lambda r: r.assign("c", "v", Timestamp(5)))
+    m.update("a", "hits", GCounter, lambda c, actor: c.increment(actor, 3))
+    m.update("b", ("set", 1), ORSet, lambda s, actor: s.add(actor, "x"))
+    m.update(
+        "a",
+        "inner",
+        ORMap,
+        lambda i, actor: i.update(actor, 7, PNCounter, lambda c, a: c.decrement(a)),
+    )
+    m.update("c", "reg", LWWRegister, lambda r, actor: r.assign(actor, "v", Timestamp(5)))
     lease = Lease()
     lease.acquire("n1", "holder-1", Timestamp(1000, 2), 500)
     return [encode(x) for x in (g, p, bc, gs, orset, gap, lww, mv1, flag, m, lease)]

@@ -86,6 +86,20 @@ class DotContext:
         c.add(seq)
         return True
 
+    def advance(self, replica: str, upto: int) -> None:
+        """Mark every dot ``(replica, 1..upto)`` as seen (used to share one sequence space)."""
+        if upto <= self.vv.get(replica, 0):
+            return
+        c = self.cloud.get(replica)
+        if c:
+            c.difference_update([s for s in c if s <= upto])
+            while upto + 1 in c:
+                upto += 1
+                c.discard(upto)
+            if not c:
+                del self.cloud[replica]
+        self.vv[replica] = upto
+
     def merge(self, other: DotContext) -> bool:
         """Union in place, compacting; True if any dot was new. Costs O(other) plus O(cloud[r])
         for each replica whose vector entry rose."""

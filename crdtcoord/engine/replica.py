@@ -255,7 +255,7 @@ class Engine:
                 ctx.replica,
                 self.node_id,
                 LWWRegister,
-                lambda r: r.assign(ctx.replica, entry, ctx.hlc),
+                lambda r, actor: r.assign(actor, entry, ctx.hlc),
             ),
         )
 

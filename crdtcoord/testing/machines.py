@@ -270,7 +270,7 @@ def replication_machine(
                     assert state is not None and leq(delta, state), (
                         f"update at {node} to {key!r} was lost: {delta!r}"
                     )
-            for key in final.keys():
+            for key in final.keys(prefix=""):
                 everything = key_types[key]()
                 for _, k, delta, _, _ in self.updates:
                     if k == key:

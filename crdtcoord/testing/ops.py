@@ -205,7 +205,9 @@ class MapUpdate(Op):
 
     def apply(self, state: Any, replica: str, env: Env) -> CRDTBase:
         assert isinstance(state, ORMap)
-        return state.update(replica, self.key, self.kind, lambda v: self.op.apply(v, replica, env))
+        return state.update(
+            replica, self.key, self.kind, lambda v, actor: self.op.apply(v, actor, env)
+        )
 
     def __repr__(self) -> str:
         return f"MapUpdate({self.key!r}, {self.kind.__name__}, {self.op!r})"

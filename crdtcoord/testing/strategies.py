@@ -111,17 +111,9 @@ def values(*, rich: bool = False) -> st.SearchStrategy[Any]:
 _HOLDERS = st.sampled_from(["h1", "h2", "h3"])
 _TTL = st.sampled_from([50, 200, 1000])
 
-# Nested types exercised inside ORMap (all of them, maps nested once).
-_NESTED: tuple[type[CRDTBase], ...] = (
-    GCounter,
-    PNCounter,
-    GSet,
-    ORSet,
-    LWWRegister,
-    MVRegister,
-    EWFlag,
-    Lease,
-    BoundedCounter,
+# Nested types exercised inside ORMap (every type a map accepts; maps nested once).
+_NESTED: tuple[type[CRDTBase], ...] = tuple(
+    t for t in ALL_TYPES if t.ALLOWED_IN_MAP and t is not ORMap
 )
 
 

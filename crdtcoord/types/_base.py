@@ -77,8 +77,13 @@ class CRDTBase:
     #: Versions this build can decode (a type lists old ones here once it has migrations).
     READ_VERSIONS: ClassVar[tuple[int, ...]] = (1,)
     #: Inside an ORMap: does a new full value supersede every value it observed? True for small
-    #: "latest wins" types (registers, flags, leases); counters and sets merge contributions.
+    #: "latest wins" types (registers, flags); counters and sets merge contributions.
     SUPERSEDES_IN_MAP: ClassVar[bool] = False
+    #: Inside an ORMap: act under a per-chain actor id (counters: a key re-created after a
+    #: remove must not continue the old per-replica totals, which stale replicas still hold).
+    CHAIN_ACTOR_IN_MAP: ClassVar[bool] = False
+    #: May this type be a value inside an ORMap?
+    ALLOWED_IN_MAP: ClassVar[bool] = True
 
     def value(self) -> Any:
         raise NotImplementedError

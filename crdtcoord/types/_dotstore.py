@@ -121,6 +121,15 @@ class DotStore(CRDTBase, Generic[P]):
     def _fresh_delta(self) -> Self:
         return type(self)._bottom_like(self)
 
+    def _prime(self, replica: str, upto: int) -> None:
+        """Treat ``replica``'s dots up to ``upto`` as seen: an enclosing ORMap shares its
+        per-replica sequence space with its nested values this way, so a value re-created
+        after a remove never reuses a dot (see ORMap)."""
+        self._ctx.advance(replica, upto)
+
+    def max_seq(self, replica: str) -> int:
+        return self._ctx.max_seq(replica)
+
     def dot_count(self) -> int:
         return sum(len(d) for d in self._dots.values())
 

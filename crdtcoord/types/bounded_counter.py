@@ -43,6 +43,9 @@ class BoundedCounter(CRDTBase):
     """An escrow counter with ``value() >= lower`` in every merged state."""
 
     __slots__ = ("_in", "_lower", "_out", "_r", "_u")
+    #: Escrow rights belong to replicas, and a map key can be removed and re-created: keep
+    #: bounded counters at top-level keys.
+    ALLOWED_IN_MAP = False
 
     def __init__(self, lower: int = 0) -> None:
         if type(lower) is not int or not INT_MIN <= lower <= INT_MAX:
@@ -204,8 +207,11 @@ class BoundedCounter(CRDTBase):
             i, n = reader.arr(row, "decrement entry", 2)
             c._u[reader.replica(i)] = reader.integer(n, "decrement count", 1, INT_MAX)
         reader.increasing((row[0] for row in drows), "decrements")
-        # No rights check here: a delta (say, one decrement) is a partial state whose rights look
-        # negative on their own. The invariant holds for every join of reachable states.
+        # Spend deltas are whole states and increment deltas only add rights, so no state or
+        # delta a correct replica sends has a replica with negative rights.
+        for name, have in c.rights_map().items():
+            if have < 0:
+                reader.fail(f"replica {name!r} has negative rights ({have}): invariant broken")
         return c
 
     def __repr__(self) -> str:

@@ -54,6 +54,7 @@ class GCounter(CRDTBase):
     """A grow-only counter. ``increment(replica, n)`` returns the delta ``{replica: total}``."""
 
     __slots__ = ("_c", "_total")
+    CHAIN_ACTOR_IN_MAP = True
 
     def __init__(self) -> None:
         self._c: dict[str, int] = {}

@@ -49,10 +49,13 @@ class LeaseInfo(NamedTuple):
 
 
 def _check_holder(holder: object) -> str:
-    if type(holder) is not str or not holder or len(holder.encode("utf-8", "replace")) > 255:
-        raise InvalidArgument("holder must be a non-empty str of at most 255 bytes")
-    assert isinstance(holder, str)
-    return holder
+    """Holders follow the replica-id rules: non-empty, at most 255 bytes of valid UTF-8."""
+    try:
+        return check_replica(holder)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"holder must be a non-empty str of at most 255 UTF-8 bytes: {holder!r}"
+        ) from None
 
 
 def _check_ttl(ttl_ms: object) -> int:
@@ -65,7 +68,8 @@ class Lease(CRDTBase):
     guarantee."""
 
     __slots__ = ("_rec",)
-    SUPERSEDES_IN_MAP = True
+    #: A key removed and re-created would restart the fencing token: leases are top-level keys.
+    ALLOWED_IN_MAP = False
 
     def __init__(self) -> None:
         self._rec: LeaseInfo | None = None

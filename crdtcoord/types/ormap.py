@@ -6,11 +6,20 @@ and ``remove`` covers the dots it has observed. The key's value is the join of t
 under its live dots.
 
 **What an update stores.** For "latest wins" types (:class:`LWWRegister`, :class:`MVRegister`,
-:class:`EWFlag`, :class:`Lease`) the new dot carries the full new value and covers every dot of the
-key observed. For the others (counters, sets, maps) it carries this replica's *contribution*
-(everything this replica ever applied to the key, joined with the new nested delta) and covers only
-this replica's previous dot — so deltas stay as small as this replica's share, and a key holds at
-most one nested value per replica that wrote it.
+:class:`EWFlag`) the new dot carries the full new value and covers every dot of the key observed.
+For the others (counters, sets, maps) it carries this replica's *contribution* (everything this
+replica applied to the key, joined with the new nested delta) and covers only this replica's
+previous dot — so deltas stay as small as this replica's share, and a key holds at most one
+nested value per replica that wrote it.
+
+**Nested identities.** ``fn(value, actor)`` must use ``actor`` as the replica id of its nested
+mutations. The map chooses it so that a key removed and re-created never reuses an identity that
+stale replicas still hold: dot-based values (sets, flags, multi-value registers, maps) share the
+map's per-replica sequence numbers (one counter for map and nested dots, recorded in the map's
+causal context, which survives removals); counters act under a per-*chain* id
+(``replica~chain``) that is new whenever this replica re-creates the key. Bounded counters and
+leases are refused as values (escrow rights and fencing tokens must not restart with a key):
+keep them at top-level keys.
 
 **Remove semantics** (observed-remove with reset):
 
@@ -31,18 +40,28 @@ delta); equal states encode to equal bytes.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any, Self, TypeVar
 
 from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
-from crdtcoord._wire import Element, Reader, check_element, check_replica, element_key
+from crdtcoord._wire import (
+    INT_MAX,
+    MAX_NESTING,
+    Element,
+    Reader,
+    check_element,
+    check_replica,
+    element_key,
+)
 from crdtcoord.types._base import CRDTBase, read_crdt, wire_type
 from crdtcoord.types._dotstore import DotStore
 
 __all__ = ["ORMap"]
 
 V = TypeVar("V", bound=CRDTBase)
-Slot = tuple[Element, CRDTBase]
+#: What one dot of the map carries: the key, the nested value, and the chain id (0 if none).
+Slot = tuple[Element, CRDTBase, int]
 
 
 def _rank(v: CRDTBase) -> tuple[Any, ...]:
@@ -53,6 +72,27 @@ def _envelope(v: CRDTBase) -> list[Any]:
     return [v.TYPE_TAG, v.WIRE_VERSION, v.to_payload()]
 
 
+def chain_actor(replica: str, chain: int) -> str:
+    """The replica id a counter nested in a map uses for one chain of updates."""
+    actor = f"{replica}~{chain}"
+    if len(actor.encode("utf-8")) > 255:
+        digest = hashlib.blake2b(replica.encode("utf-8"), digest_size=16).hexdigest()
+        actor = f"{digest}~{chain}"
+    return actor
+
+
+def _nesting(v: CRDTBase) -> int:
+    """How many ORMaps deep ``v`` goes (0 for a non-map value)."""
+    if not isinstance(v, ORMap):
+        return 0
+    deepest = 0
+    for slots in v._keys.values():
+        for val, _ in slots.values():
+            if isinstance(val, ORMap):
+                deepest = max(deepest, _nesting(val))
+    return 1 + deepest
+
+
 @wire_type(tag=9)
 class ORMap(DotStore[Slot]):
     """A map ``key -> nested CRDT`` with observed-remove keys; see the module documentation."""
@@ -61,19 +101,19 @@ class ORMap(DotStore[Slot]):
 
     def __init__(self) -> None:
         super().__init__()
-        #: key -> {dot: nested value under that dot}
-        self._keys: dict[Element, dict[tuple[str, int], CRDTBase]] = {}
-        #: key -> cached join of the key's values (exact when present; rebuilt lazily)
+        #: key -> {dot: (nested value under that dot, chain)}
+        self._keys: dict[Element, dict[tuple[str, int], tuple[CRDTBase, int]]] = {}
+        #: key -> cached join of the key's values (rebuilt lazily from the dots)
         self._view: dict[Element, CRDTBase] = {}
 
     # ------------------------------------------------------------------ kernel hooks
 
     def _on_add(self, replica: str, seq: int, payload: Slot) -> None:
-        key, val = payload
+        key, val, chain = payload
         d = self._keys.get(key)
         if d is None:
             d = self._keys[key] = {}
-        d[(replica, seq)] = val
+        d[(replica, seq)] = (val, chain)
         view = self._view.get(key)
         if view is not None:
             self._fold(key, view, val)
@@ -87,21 +127,25 @@ class ORMap(DotStore[Slot]):
         self._view.pop(key, None)
 
     def _import(self, payload: Slot) -> Slot:
-        return (payload[0], payload[1].copy())
+        return (payload[0], payload[1].copy(), payload[2])
 
     def _join_common(self, replica: str, seq: int, mine: Slot, theirs: Slot) -> bool:
-        (mk, mv), (tk, tv) = mine, theirs
+        (mk, mv, mc), (tk, tv, tc) = mine, theirs
         if mv is tv:
             return False
         if mk == tk and type(mk) is type(tk):
             rm, rt = _rank(mv), _rank(tv)
             if rt == rm:
-                if mv.merge(tv):
+                changed = mv.merge(tv)
+                if tc > mc:  # only a forged peer state disagrees on a dot's chain
+                    self._keys[mk][(replica, seq)] = (mv, tc)
+                    self._dots[replica][seq] = (mk, mv, tc)
+                    changed = True
+                if changed:
                     view = self._view.get(mk)
                     if view is not None:
                         self._fold(mk, view, tv)
-                    return True
-                return False
+                return changed
             if rt < rm:
                 return False
         elif element_key(tk) < element_key(mk):
@@ -125,8 +169,8 @@ class ORMap(DotStore[Slot]):
         slots = self._keys.get(key)
         if not slots:
             return None
-        best = max(_rank(v) for v in slots.values())
-        for v in slots.values():
+        best = max(_rank(v) for v, _ in slots.values())
+        for v, _ in slots.values():
             if _rank(v) == best:
                 if view is None:
                     view = v.copy()
@@ -170,13 +214,13 @@ class ORMap(DotStore[Slot]):
         replica: str,
         key: Element,
         factory: type[V] | Callable[[], V],
-        fn: Callable[[V], V],
+        fn: Callable[[V, str], V],
     ) -> ORMap:
         """Apply a nested mutation to ``key``, creating it with ``factory()`` if absent.
 
-        ``fn`` receives the nested CRDT, mutates it with the usual mutators and **returns the
-        nested delta** (what those mutators return), e.g.
-        ``m.update("a", "hits", GCounter, lambda c: c.increment("a", 3))``.
+        ``fn(value, actor)`` mutates the nested CRDT with the usual mutators, **using ``actor``
+        as their replica id**, and returns the nested delta (what those mutators return), e.g.
+        ``m.update("a", "hits", GCounter, lambda c, actor: c.increment(actor, 3))``.
         If ``fn`` raises, the map is unchanged and the exception propagates.
         """
         check_replica(replica)
@@ -184,51 +228,66 @@ class ORMap(DotStore[Slot]):
         proto = factory()
         if not isinstance(proto, CRDTBase):
             raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
-        view: CRDTBase | None = self._view_of(key)
-        if view is None:
-            view = proto
-        elif _rank(view) != _rank(proto):
+        if not proto.ALLOWED_IN_MAP:
+            raise InvalidArgument(
+                f"{type(proto).__name__} cannot be an ORMap value; keep it at a top-level key"
+            )
+        found = self._view_of(key)
+        view: CRDTBase = proto if found is None else found
+        rank = _rank(view)
+        if rank != _rank(proto):
             raise IncompatibleMerge(
                 f"key {key!r} holds a {type(view).__name__}{view.compat_key() or ''}, "
                 f"not a {type(proto).__name__}{proto.compat_key() or ''}"
             )
+        slots = self._keys.get(key, {})
+        own = [d for d, (v, _) in slots.items() if d[0] == replica and _rank(v) == rank]
+        base = self._ctx.max_seq(replica)
+        chain = 0
+        if type(view).CHAIN_ACTOR_IN_MAP:
+            chain = max((slots[d][1] for d in own), default=0) or base + 1
+            actor = chain_actor(replica, chain)
+        else:
+            actor = replica
+            if isinstance(view, DotStore):
+                view._prime(replica, base)
         try:
-            inner = fn(view)  # type: ignore[arg-type]
+            inner = fn(view, actor)  # type: ignore[arg-type]
+            if type(inner) is not type(view) or _rank(inner) != rank:
+                raise InvalidArgument(
+                    f"fn must return the delta of its nested mutation (a {type(view).__name__}),"
+                    f" got {type(inner).__name__}"
+                )
+            if isinstance(view, ORMap) and 1 + _nesting(view) > MAX_NESTING:
+                raise InvalidArgument(f"ORMaps nest at most {MAX_NESTING} deep")
         except BaseException:
             self._view.pop(key, None)  # the cached view may be half-mutated; rebuild from dots
             raise
-        if type(inner) is not type(view) or _rank(inner) != _rank(view):
-            self._view.pop(key, None)
-            raise InvalidArgument(
-                f"fn must return the delta of its nested mutation (a {type(view).__name__}), "
-                f"got {type(inner).__name__}"
-            )
-        slots = self._keys.get(key, {})
+        used = view.max_seq(replica) if isinstance(view, DotStore) else 0
+        seq = max(base, used) + 1
         new_val: CRDTBase
         if type(view).SUPERSEDES_IN_MAP:
             new_val = view.copy()
             covered = list(slots)
         else:
-            covered = [d for d in slots if d[0] == replica]
-            rank = _rank(view)
+            covered = own
             mine: CRDTBase | None = None
-            for d in covered:
-                v = slots[d]
-                if _rank(v) == rank:
-                    if mine is None:
-                        mine = v.copy()
-                    else:
-                        mine.merge(v)
+            for d in own:
+                v = slots[d][0]
+                if mine is None:
+                    mine = v.copy()
+                else:
+                    mine.merge(v)
             if mine is None:
                 new_val = inner.copy()
             else:
                 mine.merge(inner)
                 new_val = mine
-        r, n = self._ctx.next_dot(replica)
         delta = ORMap()
-        delta._add_dot(r, n, (key, new_val))
+        delta._add_dot(replica, seq, (key, new_val, chain))
         dctx = delta._ctx
-        dctx.add(r, n)
+        for n in range(base + 1, seq + 1):  # one sequence space: nested dots are seen too
+            dctx.add(replica, n)
         for dr, dn in covered:
             dctx.add(dr, dn)
         self._join(delta)
@@ -251,14 +310,14 @@ class ORMap(DotStore[Slot]):
         c = type(self)()
         c._ctx = self._ctx.copy()
         for r, d in self._dots.items():
-            for n, (k, v) in d.items():
-                c._add_dot(r, n, (k, v.copy()))
+            for n, (k, v, chain) in d.items():
+                c._add_dot(r, n, (k, v.copy(), chain))
         return c
 
     def stats(self) -> dict[str, int]:
         nested = 0
         for d in self._dots.values():
-            for _, v in d.values():
+            for _, v, _ in d.values():
                 nested += v.stats().get("metadata", 0)
         return {"elements": len(self._keys), **self._context_stats(), "nested_metadata": nested}
 
@@ -268,7 +327,7 @@ class ORMap(DotStore[Slot]):
         for k in sorted(self._keys, key=element_key):
             slots = self._keys[k]
             rows = [
-                [index[r], n, _envelope(slots[(r, n)])]
+                [index[r], n, slots[(r, n)][1], _envelope(slots[(r, n)][0])]
                 for r, n in sorted(slots, key=lambda d: (index[d[0]], d[1]))
             ]
             entries.append([k, rows])
@@ -289,10 +348,13 @@ class ORMap(DotStore[Slot]):
                 reader.fail("a key must have at least one value")
             order = []
             for row in rows:
-                ridx, seq, env = reader.arr(row, "key value", 3)
+                ridx, seq, chain, env = reader.arr(row, "key value", 4)
                 r, n = m._read_dot(table, ridx, seq, reader)
                 order.append((ridx, n))
-                m._add_dot(r, n, (key, read_crdt(env, reader, depth + 1)))
+                val = read_crdt(env, reader, depth + 1)
+                if not val.ALLOWED_IN_MAP:
+                    reader.fail(f"{type(val).__name__} cannot be an ORMap value")
+                m._add_dot(r, n, (key, val, reader.integer(chain, "chain", 0, INT_MAX)))
             reader.increasing(order, "key values")
         reader.increasing(keys, "keys")
         return m

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Self
 
-from crdtcoord._wire import Element, Reader, check_element, check_replica, element_key
+from crdtcoord._wire import INT_MAX, Element, Reader, check_element, check_replica, element_key
 from crdtcoord.types._base import wire_type
 from crdtcoord.types._dotstore import DotStore
 
@@ -155,6 +155,8 @@ class ORSet(DotStore[Element]):
                 ridx, n = flat[k], flat[k + 1]
                 if type(ridx) is not int or type(n) is not int or not 0 <= ridx < nrep:
                     reader.fail("dot: expected (replica index, seq) integers")
+                if not 1 <= n <= INT_MAX:
+                    reader.fail(f"dot seq {n} outside [1, 2**63-1]")
                 if not prev < (ridx, n):
                     reader.fail("element dots not in canonical order")
                 prev = (ridx, n)

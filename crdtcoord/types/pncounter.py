@@ -21,6 +21,7 @@ class PNCounter(CRDTBase):
     """An increment/decrement counter; mutators return the delta they applied."""
 
     __slots__ = ("_n", "_p", "_value")
+    CHAIN_ACTOR_IN_MAP = True
 
     def __init__(self) -> None:
         self._p: dict[str, int] = {}

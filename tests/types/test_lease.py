@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 
-from crdtcoord import Lease, LeaseHeld, NotLeaseHolder, Timestamp
+from crdtcoord import InvalidArgument, Lease, LeaseHeld, NotLeaseHolder, Timestamp
 from crdtcoord.testing import related_states
 
 
@@ -75,3 +75,11 @@ def test_fencing_token_never_decreases_across_merges(xs: list) -> None:
         acc.merge(x)
         assert acc.token >= max(seen, x.token)
         seen = acc.token
+
+
+@pytest.mark.parametrize("bad", ["", "\ud800", "x" * 256, 7, None])
+def test_holder_names_follow_replica_id_rules(bad: object) -> None:
+    lease = Lease()
+    with pytest.raises(InvalidArgument):
+        lease.acquire("n1", bad, t(0), 100)  # type: ignore[arg-type]
+    assert lease.is_bottom()

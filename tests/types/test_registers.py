@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crdtcoord import HLC, EWFlag, InvalidArgument, LWWRegister, MVRegister, Timestamp
+from crdtcoord import HLC, EWFlag, InvalidArgument, LWWRegister, MVRegister, Timestamp, decode, encode
 
 
 def test_lww_later_timestamp_wins_in_any_merge_order() -> None:
@@ -115,3 +115,17 @@ def test_ewflag_enable_wins_over_concurrent_disable() -> None:
     a.disable("a")
     b.merge(a)
     assert a.value() is False and b.value() is False
+
+
+def test_value_nesting_limit_matches_the_decoder() -> None:
+    def deep(n: int) -> object:
+        v: object = 1
+        for _ in range(n):
+            v = [v]
+        return v
+
+    ok = LWWRegister()
+    ok.assign("a", deep(32), Timestamp(1))  # type: ignore[arg-type]
+    assert decode(encode(ok)) == ok
+    with pytest.raises(InvalidArgument, match="nests too deeply"):
+        LWWRegister().assign("a", deep(33), Timestamp(1))  # type: ignore[arg-type]
