@@ -184,8 +184,8 @@ def _body(kind: Kind, x: Any, r: Reader, limits: Limits) -> tuple[Any, ...]:
             r.fail("ACK range is empty")
         return (stream, lo, hi)
     if kind is Kind.AE_ROOT:
-        mode, root, nkeys = r.arr(x, "AE_ROOT", 3)
-        return (_mode(r, mode), r.binary(root, "root", ROOT_DIGEST), r.integer(nkeys, "nkeys"))
+        mode, root = r.arr(x, "AE_ROOT", 2)
+        return (_mode(r, mode), r.binary(root, "root", ROOT_DIGEST))
     if kind is Kind.AE_OK:
         r.arr(x, "AE_OK", 0)
         return ()

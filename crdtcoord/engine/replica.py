@@ -164,7 +164,8 @@ class Engine:
         self._peers: dict[str, _Peer] = {}
         self._rr = 0
         self._next_ae: float | None = None
-        self._repair: list[str] = []
+        #: peers owed an anti-entropy repair -> when to (re)try; cleared when the peer answers
+        self._repair: dict[str, float] = {}
         self._ops: dict[int, _Op] = {}
         self._op_seq = 0
         self._applied: OrderedDict[str, int] = OrderedDict()
@@ -588,7 +589,7 @@ class Engine:
 
     def _schedule_repair(self, peer: str) -> None:
         if peer not in self._repair:
-            self._repair.append(peer)
+            self._repair[peer] = self._now
             self._effects.append(PeerRepair(peer))
             self._count("repairs_scheduled")
 
@@ -630,6 +631,7 @@ class Engine:
             self._on_ae_root(env)
         elif k is Kind.AE_OK:
             self._count("ae_in_sync")
+            self._repair.pop(p, None)
         elif k is Kind.AE_BUCKETS:
             self._on_ae_buckets(env)
         elif k is Kind.AE_KEYS:
@@ -765,10 +767,10 @@ class Engine:
     def _start_ae(self, peer: str) -> None:
         self._count("ae_rounds")
         root = self._index.root()
-        self._send(peer, Kind.AE_ROOT, (self.config.ae_mode, root, len(self._store)))
+        self._send(peer, Kind.AE_ROOT, (self.config.ae_mode, root))
 
     def _on_ae_root(self, env: Envelope) -> None:
-        mode, root, _nkeys = env.body
+        mode, root = env.body
         if root == self._index.root():
             self._send(env.sender, Kind.AE_OK, (), env.msg_id)
             self._count("ae_in_sync")
@@ -805,6 +807,7 @@ class Engine:
 
     def _on_ae_diff(self, env: Envelope) -> None:
         xid, entries, want, _more = env.body
+        self._repair.pop(env.sender, None)
         self._merge_entries(entries, env.sender, forward=False)
         if want:
             out, _ = self._entries_within_budget([k for k in want if k in self._store])
@@ -856,9 +859,11 @@ class Engine:
             if due:
                 self._push(due)
         if self._repair:
-            peers, self._repair = self._repair, []
-            for p in peers:
-                self._start_ae(p)
+            retry = min(c.ae_interval, max(1.0, 4 * c.retransmit_after))
+            for p, at in list(self._repair.items()):
+                if now >= at:
+                    self._repair[p] = now + retry
+                    self._start_ae(p)
         if self._next_ae is not None and now >= self._next_ae:
             while self._next_ae <= now:
                 self._next_ae += self._ae_gap()
@@ -884,8 +889,7 @@ class Engine:
             ds.append(self._next_ae)
         if self._pending_since is not None:
             ds.append(self._pending_since + c.delta_delay)
-        if self._repair:
-            ds.append(self._now)
+        ds.extend(self._repair.values())
         if self._log:
             ds.extend(
                 st.last_send + c.retransmit_after

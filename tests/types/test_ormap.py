@@ -157,7 +157,9 @@ def test_recreated_key_never_reuses_nested_dots() -> None:
         lambda s, a: s.remove(a, "x"),
     )
     assert got[0] == {"k": frozenset({"y"})}
-    got = _recreate(EWFlag, lambda f, a: f.enable(a), lambda f, a: f.enable(a), lambda f, a: f.disable(a))
+    got = _recreate(
+        EWFlag, lambda f, a: f.enable(a), lambda f, a: f.enable(a), lambda f, a: f.disable(a)
+    )
     assert got[0] == {"k": True}
     got = _recreate(
         MVRegister,
@@ -191,7 +193,9 @@ def test_map_nesting_is_bounded_like_the_decoder() -> None:
         def fn_at(level: int) -> Callable[[Any, str], Any]:
             if level == depth:
                 return inc(1)
-            return lambda m, a: m.update(a, "k", ORMap if level + 1 < depth else GCounter, fn_at(level + 1))
+            return lambda m, a: m.update(
+                a, "k", ORMap if level + 1 < depth else GCounter, fn_at(level + 1)
+            )
 
         top = ORMap()
         top.update("a", "k", ORMap if depth > 1 else GCounter, fn_at(1))

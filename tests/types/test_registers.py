@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from crdtcoord import HLC, EWFlag, InvalidArgument, LWWRegister, MVRegister, Timestamp, decode, encode
+from crdtcoord import (
+    HLC,
+    EWFlag,
+    InvalidArgument,
+    LWWRegister,
+    MVRegister,
+    Timestamp,
+    decode,
+    encode,
+)
 
 
 def test_lww_later_timestamp_wins_in_any_merge_order() -> None:
