@@ -133,22 +133,6 @@ def test_a_peer_too_far_behind_gets_a_repair() -> None:
     assert not c.engines["a"]._repair
 
 
-def _ae_exchange_bytes(nkeys: int) -> tuple[int, list[str]]:
-    cfg = EngineConfig(ae_jitter=0.0, push_deltas=False, gossip_membership=False)
-    c = ManualCluster(["a", "b"], cfg)
-    for i in range(nkeys):
-        c.update("a", f"key-{i}", GCounter, inc(i + 1))
-    c.quiesce()
-    assert c.converged()
-    c.queue.clear()
-    c.engines["b"]._next_ae = None  # watch one exchange, initiated by a
-    c.tick(1.0)
-    sent = list(c.queue)
-    c.flush_network()
-    sent_all = sent + []
-    return sum(len(m.data) for m in sent_all), [m.kind for m in sent_all]
-
-
 def test_in_sync_anti_entropy_is_one_small_pair_whatever_the_size() -> None:
     sizes = {}
     for n in (1, 100, 5000):
@@ -349,8 +333,15 @@ def test_reserved_and_bad_keys_are_refused() -> None:
 
 def test_concurrent_lease_grants_raise_an_escalation() -> None:
     c = ManualCluster(["a", "b"], QUIET)
-    c.update("a", "lease", Lease, lambda l, ctx: l.acquire(ctx.replica, "alice", ctx.now(), 10_000))
-    c.update("b", "lease", Lease, lambda l, ctx: l.acquire(ctx.replica, "bob", ctx.now(), 10_000))
+    c.update(
+        "a",
+        "lease",
+        Lease,
+        lambda lease, ctx: lease.acquire(ctx.replica, "alice", ctx.now(), 10_000),
+    )
+    c.update(
+        "b", "lease", Lease, lambda lease, ctx: lease.acquire(ctx.replica, "bob", ctx.now(), 10_000)
+    )
     c.tick(0.01)
     c.flush_network()
     esc = [e for n in "ab" for _, e in c.events[n] if isinstance(e, Escalation)]
@@ -358,7 +349,9 @@ def test_concurrent_lease_grants_raise_an_escalation() -> None:
     assert {e.local.holder for e in esc} == {"alice", "bob"}
     # a later, causally ordered grant is not an escalation candidate
     before = len(esc)
-    c.update("a", "lease", Lease, lambda l, ctx: l.force(ctx.replica, "alice", ctx.now(), 10_000))
+    c.update(
+        "a", "lease", Lease, lambda lease, ctx: lease.force(ctx.replica, "alice", ctx.now(), 10_000)
+    )
     c.tick(0.01)
     c.flush_network()
     assert len([e for n in "ab" for _, e in c.events[n] if isinstance(e, Escalation)]) == before
@@ -391,8 +384,8 @@ def test_messages_from_a_stale_incarnation_are_rejected() -> None:
     for e in (new, old):
         e.update("k", GSet, add(e.incarnation), 0.0)
         e.tick(0.01)
-    from_new = [s for s in new.poll() if isinstance(s, Send)][0]
-    from_old = [s for s in old.poll() if isinstance(s, Send)][0]
+    from_new = next(s for s in new.poll() if isinstance(s, Send))
+    from_old = next(s for s in old.poll() if isinstance(s, Send))
     b.receive(from_new.data, 0.1)
     before = b.digest()
     from crdtcoord.engine import ProtocolError
