@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from crdtcoord.types import CRDTBase
 __all__ = ["NodeHandle", "SimStats", "Simulation"]
 
 _DELIVER, _TIMER, _ACTION = 0, 1, 2
+#: Events at one virtual instant beyond which a run is declared stuck (a bug, never a workload).
+_LIVELOCK = 1_000_000
 
 
 @dataclass
@@ -145,8 +148,15 @@ class Simulation:
         """Process events up to virtual time ``t``; returns how many were processed."""
         n = 0
         heap = self._heap
+        same_time = 0
         while heap and heap[0][0] <= t:
             at, _, kind, payload = heapq.heappop(heap)
+            if at == self.now:
+                same_time += 1
+                if same_time > _LIVELOCK:
+                    raise RuntimeError(f"simulation livelock: {_LIVELOCK} events at t={at}")
+            else:
+                same_time = 0
             self.now = at
             if kind == _DELIVER:
                 self._deliver(*payload)
@@ -186,7 +196,10 @@ class Simulation:
         if d is None:
             h.timer_at = None
             return
-        at = max(self.now, d - h.skew)
+        at = d - h.skew
+        while at + h.skew < d:  # float rounding: the node's clock must reach d when it fires
+            at = math.nextafter(at, math.inf)
+        at = max(self.now, at)
         if h.timer_at is None or at < h.timer_at or h.timer_at < self.now:
             h.timer_at = at
             self._push(at, _TIMER, (h.name, at))
