@@ -14,12 +14,21 @@ from crdtcoord.engine.effects import (
     Send,
     WriteDone,
 )
-from crdtcoord.engine.messages import BUCKETS, PROTOCOL_VERSION, Kind, ProtocolError
+from crdtcoord.engine.messages import (
+    FANOUT,
+    LEAF_MAX,
+    MAX_LEVEL,
+    PROTOCOL_VERSION,
+    Kind,
+    ProtocolError,
+)
 from crdtcoord.engine.replica import MEMBERS_KEY, Engine, UpdateContext
 
 __all__ = [
     "ALL",
-    "BUCKETS",
+    "FANOUT",
+    "LEAF_MAX",
+    "MAX_LEVEL",
     "LOCAL",
     "MAJORITY",
     "MEMBERS_KEY",

@@ -1,12 +1,15 @@
-"""The digest index behind anti-entropy: per-key digests, 256 buckets and a root, incrementally.
+"""The digest tree behind anti-entropy: per-key digests in a 16-ary Merkle tree over key hashes.
 
-Each key contributes a 128-bit *leaf* ``H(key, digest(state))``. A bucket's hash is the XOR of
-the leaves of the keys that hash into it, and the root is the XOR of every leaf, so a change to
-one key updates its bucket and the root in O(1) (after re-digesting that key's state). Digests
-are recomputed lazily, only for keys that changed since the last anti-entropy round.
+Every key has a 64-bit *key hash* (BLAKE2b of the key) and a *leaf* ``H(key, digest(state))``.
+The tree's node at ``(level, prefix)`` covers the keys whose key hash starts with the
+``4 * level`` bits ``prefix``; its hash is the XOR of the (64-bit truncated) leaves under it, and
+the root is the XOR of the full 128-bit leaves. XOR makes every update O(levels): a key whose
+state changed flips its leaf in each node above it.
 
-Equal stores have equal roots; a root compare is therefore all that two replicas in sync need to
-exchange, whatever the number of keys.
+Levels 1-3 (16, 256 and 4,096 nodes) are maintained incrementally with their key counts; deeper
+nodes are computed on demand from the keys of their level-3 ancestor (a few keys each up to
+millions of keys), which keeps memory proportional to the number of keys. Digests are recomputed
+lazily, only for keys that changed since the last anti-entropy exchange.
 """
 
 from __future__ import annotations
@@ -14,16 +17,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from crdtcoord.engine.messages import BUCKETS, ROOT_DIGEST, SHORT_DIGEST
+from crdtcoord.engine.messages import FANOUT, LEVEL_BITS, MAX_LEVEL, ROOT_DIGEST, SHORT_DIGEST
 
-__all__ = ["DigestIndex", "bucket_of"]
+__all__ = ["DigestIndex", "key_hash"]
 
 _MASK64 = (1 << 64) - 1
+_COUNT = 1 << 64  # node values pack (count << 64) | hash64
+_MAINTAINED = 3
 
 
-def bucket_of(key: str) -> int:
-    """The bucket of ``key``: the first byte of BLAKE2b(key) (protocol-defined)."""
-    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()[0]
+def key_hash(key: str) -> int:
+    """The key's 64-bit position in the tree (protocol-defined: BLAKE2b-64 of the UTF-8 key)."""
+    return int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
+
+
+def prefix_of(h: int, level: int) -> int:
+    return h >> (64 - LEVEL_BITS * level) if level else 0
 
 
 def _leaf(key: str, digest: bytes) -> int:
@@ -33,19 +44,29 @@ def _leaf(key: str, digest: bytes) -> int:
 
 
 class DigestIndex:
-    """Key digests and the two-level Merkle summary of one store."""
+    """Key digests and the Merkle tree of one store."""
 
-    __slots__ = ("_buckets", "_digest_fn", "_digests", "_dirty", "_keys", "_leaves", "_root")
+    __slots__ = (
+        "_digest_fn",
+        "_digests",
+        "_dirty",
+        "_groups",
+        "_hashes",
+        "_leaves",
+        "_nodes",
+        "_root",
+    )
 
     def __init__(self, digest_fn: Callable[[str], bytes]) -> None:
         self._digest_fn = digest_fn
-        # Sparse: a replica holding few keys (the common case in a 10,000-node simulation)
-        # pays for the buckets it uses, not for all 256.
-        self._buckets: dict[int, int] = {}
         self._root = 0
         self._leaves: dict[str, int] = {}
         self._digests: dict[str, bytes] = {}
-        self._keys: dict[int, dict[str, None]] = {}
+        self._hashes: dict[str, int] = {}
+        # levels 1..3: prefix -> (count << 64) | hash64 (sparse)
+        self._nodes: list[dict[int, int]] = [{} for _ in range(_MAINTAINED + 1)]
+        # level-3 prefix -> keys under it
+        self._groups: dict[int, dict[str, None]] = {}
         self._dirty: dict[str, None] = {}
 
     def touch(self, key: str) -> None:
@@ -58,48 +79,105 @@ class DigestIndex:
         if not dirty:
             return 0
         n = len(dirty)
+        nodes = self._nodes
         for key in dirty:
             digest = self._digest_fn(key)
             new = _leaf(key, digest)
             old = self._leaves.get(key)
-            b = bucket_of(key)
-            if old is None:
-                self._keys.setdefault(b, {})[key] = None
+            h = self._hashes.get(key)
+            add = 0
+            if h is None:
+                h = self._hashes[key] = key_hash(key)
+                g = prefix_of(h, _MAINTAINED)
+                self._groups.setdefault(g, {})[key] = None
                 old = 0
+                add = _COUNT
+            assert old is not None
+            delta = old ^ new
             self._leaves[key] = new
             self._digests[key] = digest
-            delta = old ^ new
-            self._buckets[b] = self._buckets.get(b, 0) ^ delta
             self._root ^= delta
+            d64 = delta & _MASK64
+            for level in range(1, _MAINTAINED + 1):
+                p = prefix_of(h, level)
+                nodes[level][p] = (nodes[level].get(p, 0) ^ d64) + add
         self._dirty = {}
         return n
+
+    # ------------------------------------------------------------------ queries
 
     def root(self) -> bytes:
         self.refresh()
         return self._root.to_bytes(ROOT_DIGEST, "big")
 
-    def bucket_hashes(self) -> bytes:
-        """All bucket hashes, truncated to 8 bytes each, in bucket order."""
+    def __len__(self) -> int:
         self.refresh()
-        get = self._buckets.get
-        return b"".join((get(b, 0) & _MASK64).to_bytes(SHORT_DIGEST, "big") for b in range(BUCKETS))
-
-    def differing_buckets(self, theirs: bytes) -> list[int]:
-        mine = self.bucket_hashes()
-        w = SHORT_DIGEST
-        return [
-            b for b in range(BUCKETS) if mine[b * w : (b + 1) * w] != theirs[b * w : (b + 1) * w]
-        ]
-
-    def keys_in(self, bucket: int) -> list[tuple[str, bytes]]:
-        """(key, 8-byte digest) of every key in ``bucket``, sorted by key."""
-        self.refresh()
-        d = self._digests
-        return [(k, d[k][:SHORT_DIGEST]) for k in sorted(self._keys.get(bucket, ()))]
+        return len(self._leaves)
 
     def digest(self, key: str) -> bytes | None:
         self.refresh()
         return self._digests.get(key)
 
-    def __len__(self) -> int:
-        return len(self._leaves) + sum(1 for k in self._dirty if k not in self._leaves)
+    def _group_keys(self, level: int, prefix: int) -> list[str]:
+        """Keys under a node at level >= 3 (from its level-3 ancestor's group)."""
+        g = self._groups.get(prefix >> (LEVEL_BITS * (level - _MAINTAINED)))
+        if not g:
+            return []
+        if level == _MAINTAINED:
+            return list(g)
+        hashes = self._hashes
+        return [k for k in g if prefix_of(hashes[k], level) == prefix]
+
+    def count(self, level: int, prefix: int) -> int:
+        """Number of keys under a node."""
+        self.refresh()
+        if level == 0:
+            return len(self._leaves)
+        if level <= _MAINTAINED:
+            return self._nodes[level].get(prefix, 0) >> 64
+        return len(self._group_keys(level, prefix))
+
+    def children(self, level: int, prefix: int) -> tuple[bytes, list[int]]:
+        """The 16 child hashes (8 bytes each, in order) of a node and their key counts."""
+        self.refresh()
+        child = level + 1
+        base = prefix << LEVEL_BITS
+        hashes = [0] * FANOUT
+        counts = [0] * FANOUT
+        if child <= _MAINTAINED:
+            table = self._nodes[child]
+            for c in range(FANOUT):
+                v = table.get(base + c, 0)
+                hashes[c] = v & _MASK64
+                counts[c] = v >> 64
+        else:
+            leaves, kh = self._leaves, self._hashes
+            for k in self._group_keys(level, prefix) if level >= _MAINTAINED else []:
+                c = prefix_of(kh[k], child) & (FANOUT - 1)
+                hashes[c] ^= leaves[k] & _MASK64
+                counts[c] += 1
+        return b"".join(x.to_bytes(SHORT_DIGEST, "big") for x in hashes), counts
+
+    def keys_under(self, level: int, prefix: int) -> list[tuple[str, bytes]]:
+        """(key, 8-byte digest) of every key under a node, sorted by key."""
+        self.refresh()
+        if level >= _MAINTAINED:
+            keys = self._group_keys(level, prefix)
+        else:
+            keys = []
+            span = LEVEL_BITS * (_MAINTAINED - level)
+            lo = prefix << span
+            occupied = self._nodes[_MAINTAINED]
+            if len(occupied) < (1 << span):
+                for g in occupied:
+                    if g >> span == prefix:
+                        keys.extend(self._groups.get(g, ()))
+            else:
+                for g in range(lo, lo + (1 << span)):
+                    keys.extend(self._groups.get(g, ()))
+        d = self._digests
+        return [(k, d[k][:SHORT_DIGEST]) for k in sorted(keys)]
+
+    @staticmethod
+    def max_level() -> int:
+        return MAX_LEVEL

@@ -27,7 +27,9 @@ from crdtcoord.codec import from_wire, to_wire
 from crdtcoord.types import CRDTBase
 
 __all__ = [
-    "BUCKETS",
+    "FANOUT",
+    "LEAF_MAX",
+    "MAX_LEVEL",
     "PROTOCOL_VERSION",
     "Envelope",
     "Kind",
@@ -37,9 +39,14 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-#: Merkle buckets of the key space (a protocol constant: both sides must agree).
-BUCKETS = 256
-#: Bytes of a bucket hash / key digest on the wire during anti-entropy.
+#: The digest tree (protocol constants, both sides must agree): every level splits a node on the
+#: next LEVEL_BITS bits of the 64-bit key hash into FANOUT children, down to MAX_LEVEL.
+LEVEL_BITS = 4
+FANOUT = 1 << LEVEL_BITS
+MAX_LEVEL = 8
+#: A side lists a node's keys instead of its children once the node holds at most this many.
+LEAF_MAX = 12
+#: Bytes of a node hash / key digest on the wire during anti-entropy.
 SHORT_DIGEST = 8
 #: Bytes of the root digest.
 ROOT_DIGEST = 16
@@ -53,13 +60,10 @@ class Kind(enum.IntEnum):
     ACK = 2
     AE_ROOT = 3
     AE_OK = 4
-    AE_BUCKETS = 5
-    AE_KEYS = 6
-    AE_DIFF = 7
-    AE_STATES = 8
-    READ = 9
-    READ_REPLY = 10
-    CHUNK = 11
+    AE_STEP = 5
+    READ = 6
+    READ_REPLY = 7
+    CHUNK = 8
 
 
 class ProtocolError(CrdtcoordError):
@@ -115,12 +119,9 @@ def encode_message(
     if kind is Kind.DELTA:
         stream, lo, hi, entries = body
         wire: Any = [stream, lo, hi, _entries(entries)]
-    elif kind is Kind.AE_DIFF:
-        xid, entries, want, more = body
-        wire = [xid, _entries(entries), list(want), more]
-    elif kind is Kind.AE_STATES:
-        xid, entries = body
-        wire = [xid, _entries(entries)]
+    elif kind is Kind.AE_STEP:
+        xid, mode, from_initiator, items, entries, want = body
+        wire = [xid, mode, from_initiator, items, _entries(entries), list(want)]
     elif kind is Kind.READ_REPLY:
         op, key, state, vv = body
         wire = [
@@ -189,37 +190,36 @@ def _body(kind: Kind, x: Any, r: Reader, limits: Limits) -> tuple[Any, ...]:
     if kind is Kind.AE_OK:
         r.arr(x, "AE_OK", 0)
         return ()
-    if kind is Kind.AE_BUCKETS:
-        xid, mode, hashes = r.arr(x, "AE_BUCKETS", 3)
+    if kind is Kind.AE_STEP:
+        xid, mode, from_initiator, items, entries, want = r.arr(x, "AE_STEP", 6)
+        nodes: list[tuple[int, int, str, Any]] = []
+        for item in r.arr(items, "items"):
+            level, prefix, tag, payload = r.arr(item, "item", 4)
+            level = r.integer(level, "level", 0, MAX_LEVEL)
+            prefix = r.integer(prefix, "prefix", 0, (1 << (LEVEL_BITS * level)) - 1)
+            if tag == "b":
+                if level >= MAX_LEVEL:
+                    r.fail("a node at the deepest level has no children")
+                nodes.append(
+                    (level, prefix, "b", r.binary(payload, "child hashes", FANOUT * SHORT_DIGEST))
+                )
+            elif tag == "l":
+                pairs = []
+                for kd in r.arr(payload, "leaf keys"):
+                    k, d = r.arr(kd, "key digest", 2)
+                    pairs.append((_key(r, k), r.binary(d, "digest", SHORT_DIGEST)))
+                r.increasing((k for k, _ in pairs), "leaf keys")
+                nodes.append((level, prefix, "l", pairs))
+            else:
+                r.fail(f"unknown tree item tag {tag!r}")
         return (
             r.integer(xid, "xid"),
             _mode(r, mode),
-            r.binary(hashes, "buckets", BUCKETS * SHORT_DIGEST),
-        )
-    if kind is Kind.AE_KEYS:
-        xid, mode, buckets = r.arr(x, "AE_KEYS", 3)
-        out: list[tuple[int, list[tuple[str, bytes]]]] = []
-        for row in r.arr(buckets, "buckets"):
-            b, keys = r.arr(row, "bucket", 2)
-            pairs = []
-            for kd in r.arr(keys, "bucket keys"):
-                k, d = r.arr(kd, "key digest", 2)
-                pairs.append((_key(r, k), r.binary(d, "digest", SHORT_DIGEST)))
-            out.append((r.integer(b, "bucket", 0, BUCKETS - 1), pairs))
-        r.increasing((b for b, _ in out), "buckets")
-        return (r.integer(xid, "xid"), _mode(r, mode), out)
-    if kind is Kind.AE_DIFF:
-        xid, entries, want, more = r.arr(x, "AE_DIFF", 4)
-        keys = [_key(r, k) for k in r.arr(want, "want")]
-        return (
-            r.integer(xid, "xid"),
+            r.boolean(from_initiator, "from_initiator"),
+            nodes,
             _read_entries(r, entries, limits),
-            keys,
-            r.boolean(more, "more"),
+            [_key(r, k) for k in r.arr(want, "want")],
         )
-    if kind is Kind.AE_STATES:
-        xid, entries = r.arr(x, "AE_STATES", 2)
-        return (r.integer(xid, "xid"), _read_entries(r, entries, limits))
     if kind is Kind.READ:
         op, key = r.arr(x, "READ", 2)
         return (r.integer(op, "op"), _key(r, key))

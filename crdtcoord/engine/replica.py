@@ -14,8 +14,9 @@ Two paths move data (see ``docs/protocol.md``):
   that falls behind the buffer gets an anti-entropy repair instead. Receivers forward what
   inflated their state, never back to where it came from.
 * **Digest anti-entropy** — every ``ae_interval`` (with jitter) one push-pull exchange with one
-  random peer compares a Merkle summary of the key space (root, then 256 buckets, then per-key
-  digests) and ships only what differs. In sync, that is one small message pair.
+  random peer compares a Merkle tree of the key space (the root, then 16-way branches descended
+  only where they differ, then per-key digests) and ships only what differs. In sync, that is
+  one small message pair.
 
 Correctness never depends on delivery: every payload is a state or a delta joined by a merge.
 """
@@ -48,9 +49,14 @@ from crdtcoord.engine.effects import (
     Send,
     WriteDone,
 )
-from crdtcoord.engine.merkle import DigestIndex, bucket_of
+from crdtcoord.engine.merkle import DigestIndex, key_hash
 from crdtcoord.engine.messages import (
+    FANOUT,
+    LEAF_MAX,
+    LEVEL_BITS,
     MAX_KEY_BYTES,
+    MAX_LEVEL,
+    SHORT_DIGEST,
     Entry,
     Envelope,
     Kind,
@@ -632,14 +638,8 @@ class Engine:
         elif k is Kind.AE_OK:
             self._count("ae_in_sync")
             self._repair.pop(p, None)
-        elif k is Kind.AE_BUCKETS:
-            self._on_ae_buckets(env)
-        elif k is Kind.AE_KEYS:
-            self._on_ae_keys(env)
-        elif k is Kind.AE_DIFF:
-            self._on_ae_diff(env)
-        elif k is Kind.AE_STATES:
-            self._merge_entries(b[1], p, forward=False)
+        elif k is Kind.AE_STEP:
+            self._on_ae_step(env)
         elif k is Kind.READ:
             op, key = b
             s = self._store.get(key)
@@ -775,45 +775,65 @@ class Engine:
             self._send(env.sender, Kind.AE_OK, (), env.msg_id)
             self._count("ae_in_sync")
             return
-        self._send(
-            env.sender, Kind.AE_BUCKETS, (env.msg_id, mode, self._index.bucket_hashes()), env.msg_id
-        )
+        items = [self._tree_item(0, 0)]
+        self._send(env.sender, Kind.AE_STEP, (env.msg_id, mode, False, items, [], []), env.msg_id)
 
-    def _on_ae_buckets(self, env: Envelope) -> None:
-        xid, mode, theirs = env.body
-        diff = self._index.differing_buckets(theirs)
-        buckets = [(b, self._index.keys_in(b)) for b in diff]
-        self._send(
-            env.sender,
-            Kind.AE_KEYS,
-            (xid, mode, [[b, [list(kd) for kd in ks]] for b, ks in buckets]),
-            env.msg_id,
-        )
+    def _tree_item(self, level: int, prefix: int) -> list[Any]:
+        """This side's view of one tree node: its keys if few (a leaf), else its 16 children."""
+        idx = self._index
+        if level >= MAX_LEVEL or idx.count(level, prefix) <= LEAF_MAX:
+            return [level, prefix, "l", [[k, d] for k, d in idx.keys_under(level, prefix)]]
+        hashes, _ = idx.children(level, prefix)
+        return [level, prefix, "b", hashes]
 
-    def _on_ae_keys(self, env: Envelope) -> None:
-        xid, mode, buckets = env.body
-        ship_keys: list[str] = []
-        want: list[str] = []
-        for b, pairs in buckets:
-            theirs = dict(pairs)
-            mine = dict(self._index.keys_in(b))
-            if mode != "push":  # the initiator pulls: ship what it lacks or has differently
-                ship_keys.extend(k for k, d in mine.items() if theirs.get(k) != d)
-            if mode != "pull":  # the initiator pushes: ask for what we lack or have differently
-                want.extend(k for k, d in pairs if mine.get(k) != d and bucket_of(k) == b)
-        entries, more = self._entries_within_budget(ship_keys)
-        self._send(env.sender, Kind.AE_DIFF, (xid, entries, want, more), env.msg_id)
-        self._count("ae_keys_shipped", len(entries))
+    def _on_ae_step(self, env: Envelope) -> None:
+        xid, mode, from_initiator, items, entries, want = env.body
+        peer = env.sender
+        if from_initiator is False:
+            self._repair.pop(peer, None)  # the peer answered our exchange
+        # Who may ship to whom: the initiator pushes in "push"/"push-pull", pulls in
+        # "pull"/"push-pull". The sender of this message is the initiator iff from_initiator.
+        i_am_initiator = not from_initiator
+        pushes, pulls = mode != "pull", mode != "push"
+        i_ship = pushes if i_am_initiator else pulls
+        they_ship = pulls if i_am_initiator else pushes
+        self._merge_entries(entries, peer, forward=False)
+        ship: list[str] = [k for k in want if k in self._store] if i_ship else []
+        my_want: list[str] = []
+        reply_items: list[list[Any]] = []
+        idx = self._index
+        w = SHORT_DIGEST
+        for level, prefix, tag, payload in items:
+            if tag == "b":
+                mine, _ = idx.children(level, prefix)
+                for c in range(FANOUT):
+                    if mine[c * w : (c + 1) * w] != payload[c * w : (c + 1) * w]:
+                        reply_items.append(self._tree_item(level + 1, (prefix << LEVEL_BITS) + c))
+            else:
+                theirs = dict(payload)
+                ours = dict(idx.keys_under(level, prefix))
+                if i_ship:
+                    ship.extend(k for k, d in ours.items() if theirs.get(k) != d)
+                if they_ship:
+                    my_want.extend(
+                        k for k, d in payload if ours.get(k) != d and self._owns(level, prefix, k)
+                    )
+        shipped, _more = self._entries_within_budget(ship)
+        self._count("ae_keys_shipped", len(shipped))
+        if reply_items or shipped or my_want:
+            self._send(
+                peer,
+                Kind.AE_STEP,
+                (xid, mode, i_am_initiator, reply_items, shipped, my_want),
+                env.msg_id,
+            )
+        else:
+            self._count("ae_exchanges_done")
 
-    def _on_ae_diff(self, env: Envelope) -> None:
-        xid, entries, want, _more = env.body
-        self._repair.pop(env.sender, None)
-        self._merge_entries(entries, env.sender, forward=False)
-        if want:
-            out, _ = self._entries_within_budget([k for k in want if k in self._store])
-            if out:
-                self._send(env.sender, Kind.AE_STATES, (xid, out), env.msg_id)
-                self._count("ae_keys_shipped", len(out))
+    @staticmethod
+    def _owns(level: int, prefix: int, key: str) -> bool:
+        """Does ``key`` hash under node (level, prefix)? (A peer's leaf list is checked.)"""
+        return level == 0 or key_hash(key) >> (64 - LEVEL_BITS * level) == prefix
 
     def _entries_within_budget(self, keys: list[str]) -> tuple[list[Entry], bool]:
         budget = self.config.max_round_bytes
