@@ -33,9 +33,11 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p benchmarks/results
 	$(PY) benchmarks/kernel.py --json benchmarks/results/kernel.json
+	$(PY) benchmarks/sim.py --json benchmarks/results/sim.json
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/kernel.py --quick
+	$(PY) benchmarks/sim.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -63,3 +63,18 @@ def test_cli_inspect(tmp_path: Path) -> None:
     f.write_bytes(b"\x93\x05\x09\xc0")
     bad = subprocess.run([*run, str(f)], capture_output=True, text=True)
     assert bad.returncode == 2 and "unsupported version 9 of ORSet" in bad.stderr
+
+
+def test_sim_benchmark_quick(tmp_path: Path) -> None:
+    target = tmp_path / "sim.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sim.py"), "--quick", "--json", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    data = json.loads(target.read_text())
+    names = {r["name"]: r for r in data["results"]}
+    assert names["sim_20_rounds_1000_replicas"]["value"] > 0
+    assert "all informed after" in names["sim_20_rounds_1000_replicas"]["note"]
