@@ -16,11 +16,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _harness import Result, cli, finish  # noqa: E402
+from _harness import Result, cli, finish
 
-from crdtcoord import GCounter  # noqa: E402
-from crdtcoord.engine import EngineConfig  # noqa: E402
-from crdtcoord.sim import LinkConfig, NetworkConfig, Simulation, Uniform  # noqa: E402
+from crdtcoord import GCounter
+from crdtcoord.engine import EngineConfig
+from crdtcoord.sim import LinkConfig, NetworkConfig, Simulation, Uniform
 
 
 def main() -> None:
