@@ -276,6 +276,10 @@ def replication_machine(
                     if k == key:
                         everything.merge(delta)
                 assert leq(final._store[key], everything), f"{key!r} holds data no update produced"
+                if not self.lost_state:
+                    # nothing was lost to amnesia: the converged state is exactly the merge of
+                    # every update ever made
+                    assert final._store[key] == everything, f"{key!r} != the merge of its updates"
 
     Replication.__name__ = "ReplicationMachine"
     return Replication

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdtcoord import GCounter, GSet, Lease, LWWRegister, ORSet, PNCounter
 from crdtcoord.engine import (
@@ -408,3 +410,34 @@ def test_hlc_follows_message_timestamps() -> None:
     b.update("r", LWWRegister, lambda r, ctx: r.assign(ctx.replica, "from-b", ctx.hlc), 10.02)
     assert b.value("r") == "from-b"  # causally after a's write despite the skew
     assert b.metrics.get("received_DELTA") == 1
+
+
+@given(st.integers(0, 3000), st.integers(0, 3000), st.text(min_size=1, max_size=30))
+@settings(max_examples=15, deadline=None)
+def test_in_sync_exchange_size_does_not_depend_on_the_store(n1: int, n2: int, prefix: str) -> None:
+    def exchange(n: int) -> int:
+        cfg = EngineConfig(ae_jitter=0.0, push_deltas=False, gossip_membership=False)
+        store = {}
+        for i in range(n):
+            g = GCounter()
+            g.increment("w/1", i + 1)
+            store[f"{prefix}{i}"] = g
+        a = Engine("a", seeds=("a", "b"), config=cfg, store=store)
+        b = Engine("b", seeds=("a", "b"), config=cfg, store=store)
+        a.start(0.0)
+        b.start(0.0)
+        a.poll()
+        b.poll()
+        a.tick(1.0)  # a starts one exchange
+        total = 0
+        pending = [s for s in a.poll() if isinstance(s, Send)]
+        senders = {"a": a, "b": b}
+        while pending:
+            s = pending.pop(0)
+            total += len(s.data)
+            dst = senders[s.peer]
+            dst.receive(s.data, 1.0)
+            pending.extend(x for x in dst.poll() if isinstance(x, Send))
+        return total
+
+    assert abs(exchange(n1) - exchange(n2)) <= 4

@@ -7,4 +7,4 @@ from hypothesis import settings
 from crdtcoord.testing.machines import replication_machine
 
 TestReplication = replication_machine().TestCase
-TestReplication.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestReplication.settings = settings(max_examples=120, stateful_step_count=50, deadline=None)
