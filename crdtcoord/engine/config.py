@@ -95,5 +95,5 @@ class EngineConfig:
             raise InvalidArgument("delta_fanout must be >= 1 or None")
         if self.ae_mode not in ("push", "pull", "push-pull"):
             raise InvalidArgument(f"unknown ae_mode {self.ae_mode!r}")
-        if not self.cluster_id:
-            raise InvalidArgument("cluster_id must not be empty")
+        if not self.cluster_id or len(self.cluster_id.encode("utf-8")) > 255:
+            raise InvalidArgument("cluster_id must be 1..255 bytes")

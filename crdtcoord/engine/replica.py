@@ -72,7 +72,6 @@ C = TypeVar("C", bound=CRDTBase)
 
 #: Reserved key holding the gossiped membership (node id -> {"inc": incarnation, "status": ...}).
 MEMBERS_KEY = "$members"
-_CHUNK_OVERHEAD = 128
 _REASSEMBLY_TTL = 30.0
 
 
@@ -182,6 +181,21 @@ class Engine:
         self._incarnations: dict[str, int] = {}
         self._started = False
         self._stream = 0
+        # Bytes a CHUNK envelope of this node can take around its fragment (largest ids, clock,
+        # bin header): fragments are sized so that every CHUNK fits max_message_bytes.
+        big = 2**63 - 1
+        self._chunk_overhead = 16 + len(
+            encode_message(
+                self.config.cluster_id,
+                node_id,
+                self.incarnation,
+                big,
+                big,
+                Timestamp(big, big),
+                Kind.CHUNK,
+                (big, 1 << 20, 1 << 20, b""),
+            )
+        )
         #: Counters for metrics and experiments (messages/bytes by kind, rounds, repairs...).
         self.metrics: dict[str, int] = {}
         for k, v in (store or {}).items():
@@ -342,7 +356,7 @@ class Engine:
             op = _Op(handle, "write", key, required, now + (timeout or self.config.op_timeout))
             op.seq = self._seq
             self._ops[handle] = op
-            self._push(self.peers(), force=True)
+            self._push(self.peers())
         return handle
 
     def _next_op(self) -> int:
@@ -497,7 +511,7 @@ class Engine:
             self._count(f"sent_{kind.name}")
             self._count("bytes_sent", len(data))
             return
-        size = limit - _CHUNK_OVERHEAD
+        size = limit - self._chunk_overhead
         parts = [data[i : i + size] for i in range(0, len(data), size)]
         self._msg_id += 1
         xfer = self._msg_id
@@ -545,7 +559,7 @@ class Engine:
                 out.append(p)
         return out
 
-    def _push(self, targets: Iterable[str], *, force: bool = False) -> None:
+    def _push(self, targets: Iterable[str]) -> None:
         """Send each target what it has not been sent yet from the delta buffer."""
         if not self._log:
             return

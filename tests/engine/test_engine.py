@@ -441,3 +441,23 @@ def test_in_sync_exchange_size_does_not_depend_on_the_store(n1: int, n2: int, pr
         return total
 
     assert abs(exchange(n1) - exchange(n2)) <= 4
+
+
+def test_chunks_fit_the_budget_even_with_long_ids() -> None:
+    cfg = EngineConfig(
+        cluster_id="c" * 255,
+        ae_jitter=0.0,
+        push_deltas=False,
+        gossip_membership=False,
+        max_message_bytes=1024,
+    )
+    long_a, long_b = "a" * 200, "b" * 200
+    c = ManualCluster([long_a, long_b], cfg)
+    for i in range(200):
+        c.update(long_a, "big", ORSet, add(f"element-{i}"))
+    c.engines[long_b]._next_ae = None
+    c.tick(1.0)
+    while c.queue:
+        assert len(c.queue[0].data) <= 1024
+        c.deliver(0)
+    assert c.converged()
