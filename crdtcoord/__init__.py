@@ -18,6 +18,18 @@ from crdtcoord._exceptions import (
 from crdtcoord._wire import Limits
 from crdtcoord.clocks import HLC, Causality, Dot, DotContext, Timestamp, VersionVector
 from crdtcoord.codec import decode, digest, encode
+from crdtcoord.engine import (
+    ALL,
+    LOCAL,
+    MAJORITY,
+    Consistency,
+    ConsistencyTimeout,
+    Engine,
+    EngineConfig,
+    ProtocolError,
+    at_least,
+)
+from crdtcoord.sim import Simulation
 from crdtcoord.types import (
     CRDT,
     BoundedCounter,
@@ -37,16 +49,23 @@ from crdtcoord.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL",
     "CRDT",
     "HLC",
+    "LOCAL",
+    "MAJORITY",
     "BoundedCounter",
     "Causality",
     "ClockSkewError",
     "CodecError",
+    "Consistency",
+    "ConsistencyTimeout",
     "CrdtError",
     "CrdtcoordError",
     "Dot",
     "DotContext",
+    "Engine",
+    "EngineConfig",
     "EWFlag",
     "GCounter",
     "GSet",
@@ -63,8 +82,11 @@ __all__ = [
     "ORMap",
     "ORSet",
     "PNCounter",
+    "ProtocolError",
+    "Simulation",
     "Timestamp",
     "VersionVector",
+    "at_least",
     "decode",
     "digest",
     "encode",
