@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from _common import out_dir, progress, table, write_csv
 
@@ -87,41 +88,37 @@ def main(argv: list[str] | None = None) -> int:
 
     import matplotlib.pyplot as plt
 
+    def panel(
+        ax: Any, xs: list[int], ours: list[float], full: list[float], ours_label: str
+    ) -> None:
+        ax.loglog(xs, ours, "o-", label=ours_label)
+        ax.loglog(xs, full, "s--", label="full-state sync")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    a.loglog(
+    panel(
+        a,
         [s["keys"] for s in steady],
         [s["bytes_per_round"] for s in steady],
-        "o-",
-        label="crdtcoord digest anti-entropy",
-    )
-    a.loglog(
-        [s["keys"] for s in steady],
         [s["full_state_bytes_per_round"] for s in steady],
-        "s--",
-        label="full-state sync",
+        "crdtcoord digest anti-entropy",
     )
-    a.set_xlabel("keys in the store")
-    a.set_ylabel("bytes per round (in sync)")
-    a.set_title("Steady state: constant, whatever the store size")
-    a.grid(True, which="both", alpha=0.3)
-    a.legend(fontsize=8)
-    b.loglog(
+    a.set(
+        xlabel="keys in the store",
+        ylabel="bytes per round (in sync)",
+        title="Steady state: constant, whatever the store size",
+    )
+    panel(
+        b,
         [r["differing"] for r in repair],
         [r["repair_bytes"] for r in repair],
-        "o-",
-        label="crdtcoord Merkle descent",
-    )
-    b.loglog(
-        [r["differing"] for r in repair],
         [r["full_state_bytes"] for r in repair],
-        "s--",
-        label="full-state sync",
+        "crdtcoord Merkle descent",
     )
-    b.set_xlabel("differing keys")
-    b.set_ylabel("bytes to repair")
-    b.set_title(f"Repair in a {store:,}-key store")
-    b.grid(True, which="both", alpha=0.3)
-    b.legend(fontsize=8)
+    b.set(
+        xlabel="differing keys", ylabel="bytes to repair", title=f"Repair in a {store:,}-key store"
+    )
     fig.tight_layout()
     fig.savefig(out / "bandwidth.png", dpi=120)
     print(f"wrote {out / 'bandwidth.png'}")

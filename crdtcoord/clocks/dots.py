@@ -105,20 +105,10 @@ class DotContext:
         for each replica whose vector entry rose."""
         changed = False
         vv = self.vv
-        cloud = self.cloud
         for r, n in other.vv.items():
-            top = vv.get(r, 0)
-            if n > top:
+            if n > vv.get(r, 0):
                 changed = True
-                c = cloud.get(r)
-                if c:
-                    c.difference_update([s for s in c if s <= n])
-                    while n + 1 in c:
-                        n += 1
-                        c.discard(n)
-                    if not c:
-                        del cloud[r]
-                vv[r] = n
+                self.advance(r, n)
         for r, c in other.cloud.items():
             for s in c:
                 if self.add(r, s):
