@@ -91,6 +91,8 @@ class EngineConfig:
             raise InvalidArgument("ae_jitter is a fraction in [0, 1]")
         if self.max_message_bytes < 1024 or self.max_round_bytes < self.max_message_bytes:
             raise InvalidArgument("budgets: max_message_bytes >= 1024, max_round_bytes >= it")
+        if self.delta_buffer < 1 or self.dedupe_window < 0 or self.op_timeout <= 0:
+            raise InvalidArgument("delta_buffer >= 1, dedupe_window >= 0, op_timeout > 0")
         if self.delta_fanout is not None and self.delta_fanout < 1:
             raise InvalidArgument("delta_fanout must be >= 1 or None")
         if self.ae_mode not in ("push", "pull", "push-pull"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crdtcoord._exceptions import CrdtcoordError
+from crdtcoord.clocks.vv import VersionVector
 from crdtcoord.engine.messages import Kind
 from crdtcoord.types import CRDTBase
 
@@ -39,10 +40,16 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Make this change durable before the sends that follow: join ``delta`` into ``key``."""
+    """Make this change durable before the sends that follow: join ``delta`` into ``key``.
+
+    ``replace`` means the key changed type (a concurrent creation with a larger type rank won):
+    store ``delta`` as the key's whole state instead of joining it. ``vv`` is the key's version
+    vector after the change, for critical keys (persist it with the state)."""
 
     key: str
     delta: CRDTBase
+    vv: VersionVector | None = None
+    replace: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,6 +212,14 @@ def _body(kind: Kind, x: Any, r: Reader, limits: Limits) -> tuple[Any, ...]:
                 nodes.append((level, prefix, "l", pairs))
             else:
                 r.fail(f"unknown tree item tag {tag!r}")
+        # Items name distinct, non-overlapping nodes in increasing order: a peer cannot make us
+        # answer one node twice (amplification) or a node and its ancestor.
+        r.increasing(((lvl, pfx) for lvl, pfx, _, _ in nodes), "tree items")
+        named = {(lvl, pfx) for lvl, pfx, _, _ in nodes}
+        for lvl, pfx, _, _ in nodes:
+            for up in range(lvl):
+                if (up, pfx >> (LEVEL_BITS * (lvl - up))) in named:
+                    r.fail("tree items overlap (a node and its ancestor)")
         return (
             r.integer(xid, "xid"),
             _mode(r, mode),

@@ -24,6 +24,7 @@ Correctness never depends on delivery: every payload is a state or a delta joine
 from __future__ import annotations
 
 import random
+import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class _Peer:
     acked: int = 0
     sent: int = 0
     last_send: float = 0.0
+    #: ranges up to here were handed to an anti-entropy repair, never acknowledged: acks from
+    #: this peer do not prove it holds writes with sequence numbers <= floor
+    floor: int = 0
 
 
 @dataclass(slots=True)
@@ -125,6 +129,30 @@ def _rank(v: CRDTBase) -> tuple[Any, ...]:
     return (v.TYPE_TAG, v.compat_key())
 
 
+def _item_size(item: list[Any]) -> int:
+    """Rough wire size of a tree item (for the per-step byte budget)."""
+    if item[2] == "b":
+        return 140
+    return 16 + sum(12 + len(k) for k, _ in item[3])
+
+
+def _join_ranked(cur: CRDTBase, new: CRDTBase) -> CRDTBase:
+    """Join ``new`` into ``cur`` (in place when the types agree) and return the result. Two types
+    at one key (concurrent creations) resolve to the larger type rank, as in the store."""
+    rc, rn = _rank(cur), _rank(new)
+    if rc == rn:
+        cur.merge(new)
+        return cur
+    return new.copy() if rn > rc else cur
+
+
+#: Envelope clock bounds: a wall clock beyond year ~10,900 or a counter beyond 2**31 is refused
+#: (they could only come from a broken or hostile peer, and would overflow this node's clock).
+_MAX_WALL_MS = 2**48
+_MAX_LOGICAL = 2**31
+_MAX_TRANSFERS_PER_SENDER = 2
+
+
 class Engine:
     """One replica. See the module documentation; the public methods are the whole interface."""
 
@@ -137,7 +165,9 @@ class Engine:
         config: EngineConfig | None = None,
         rng: random.Random | None = None,
         store: Mapping[str, CRDTBase] | None = None,
+        versions: Mapping[str, VersionVector] | None = None,
         critical: Callable[[str, CRDTBase], bool] | None = None,
+        stream_id: int | None = None,
     ) -> None:
         check_replica(node_id)
         if "/" in node_id or len(node_id.encode()) > 200:
@@ -156,6 +186,7 @@ class Engine:
         self._seed_set: frozenset[str] | None = None
         self._critical = critical
         self._now = 0.0
+        self._clock_set = False
         self._hlc = HLC(self._physical_ms, max_offset=self.config.max_clock_offset_ms, strict=False)
         self._store: dict[str, CRDTBase] = {}
         self._vv: dict[str, VersionVector] = {}
@@ -180,7 +211,11 @@ class Engine:
         self._reasm_bytes = 0
         self._incarnations: dict[str, int] = {}
         self._started = False
-        self._stream = 0
+        # Identifies this process's delta stream (sequence numbers restart with the process):
+        # acks for another stream must not count. OS randomness by default; a simulator passes
+        # its own (deterministic, distinct per restart).
+        self._stream = secrets.randbits(62) if stream_id is None else stream_id & ((1 << 62) - 1)
+        self._xfer = 0
         # Bytes a CHUNK envelope of this node can take around its fragment (largest ids, clock,
         # bin header): fragments are sized so that every CHUNK fits max_message_bytes.
         big = 2**63 - 1
@@ -202,6 +237,8 @@ class Engine:
             self._check_key(k, internal=True)
             self._store[k] = v.copy()
             self._index.touch(k)
+        for k, vv in (versions or {}).items():
+            self._vv[k] = vv.copy()
         if MEMBERS_KEY in self._store:
             self._refresh_members()
 
@@ -211,8 +248,11 @@ class Engine:
         return int(self._now * 1000)
 
     def _advance(self, now: float) -> None:
-        if now > self._now:
+        # The first reading sets the clock whatever its value (a skewed node may start below 0);
+        # after that it only moves forward.
+        if now > self._now or not self._clock_set:
             self._now = now
+            self._clock_set = True
 
     def _count(self, name: str, n: int = 1) -> None:
         self.metrics[name] = self.metrics.get(name, 0) + n
@@ -225,7 +265,11 @@ class Engine:
         if type(key) is not str or not key:
             raise InvalidArgument("keys are non-empty str")
         assert isinstance(key, str)
-        if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"key is not valid unicode: {key!r}") from None
+        if size > MAX_KEY_BYTES:
             raise InvalidArgument(f"keys are at most {MAX_KEY_BYTES} bytes")
         if key.startswith("$") and not internal:
             raise InvalidArgument("keys starting with '$' are reserved for the engine")
@@ -307,9 +351,6 @@ class Engine:
             return
         self._started = True
         self._advance(now)
-        # Identifies this process's delta stream: sequence numbers restart with the process, so
-        # acks for an older stream must not count (now and randomness differ across restarts).
-        self._stream = (int(now * 1000) ^ self._rng.getrandbits(48)) & ((1 << 62) - 1)
         if self.config.ae_enabled:
             self._next_ae = now + self._ae_gap()
         if self.config.gossip_membership:
@@ -345,18 +386,20 @@ class Engine:
                 self._count("deduplicated_ops")
                 return first
         handle = self._next_op()
-        self._apply_local(key, factory, fn)
+        required = consistency.required(self.member_count())
+        self._apply_local(key, factory, fn, force_push=required > 1)
         if op_id is not None:
             self._applied[op_id] = handle
             while len(self._applied) > self.config.dedupe_window:
                 self._applied.popitem(last=False)
-        required = consistency.required(self.member_count())
         if required > 1:
             self._flush()
             op = _Op(handle, "write", key, required, now + (timeout or self.config.op_timeout))
             op.seq = self._seq
             self._ops[handle] = op
             self._push(self.peers())
+        elif consistency is not LOCAL and consistency.kind != "local":
+            self._effects.append(WriteDone(handle, key, (self.node_id,)))
         return handle
 
     def _next_op(self) -> int:
@@ -364,7 +407,12 @@ class Engine:
         return self._op_seq
 
     def _apply_local(
-        self, key: str, factory: Callable[[], Any], fn: Callable[[Any, UpdateContext], CRDTBase]
+        self,
+        key: str,
+        factory: Callable[[], Any],
+        fn: Callable[[Any, UpdateContext], CRDTBase],
+        *,
+        force_push: bool = False,
     ) -> None:
         state = self._store.get(key)
         proto = factory()
@@ -389,6 +437,7 @@ class Engine:
         if type(delta) is not type(state):
             if not created:
                 self._index.touch(key)
+                self._effects.append(Persist(key, state.copy()))
             raise InvalidArgument(
                 "update functions must return the delta of their mutation "
                 f"(a {type(state).__name__})"
@@ -396,10 +445,12 @@ class Engine:
         if created:
             self._store[key] = state
         self._index.touch(key)
+        vv = None
         if self._is_critical(key, state):
-            self._vv.setdefault(key, VersionVector()).increment(self.actor)
-        self._effects.append(Persist(key, delta))
-        self._enqueue_delta(key, delta, self.node_id)
+            vv = self._vv.setdefault(key, VersionVector())
+            vv.increment(self.actor)
+        self._effects.append(Persist(key, delta, vv=vv.copy() if vv is not None else None))
+        self._enqueue_delta(key, delta, self.node_id, force=force_push)
         self._changed(key, None)
         if key == MEMBERS_KEY:
             self._refresh_members()
@@ -461,6 +512,10 @@ class Engine:
         """Copies of every stored state: what a restart without data loss starts from."""
         return {k: v.copy() for k, v in self._store.items()}
 
+    def durable_versions(self) -> dict[str, VersionVector]:
+        """Copies of the version vectors of critical keys (persisted with the states)."""
+        return {k: v.copy() for k, v in self._vv.items()}
+
     def subscribe(self, *, key: str | None = None, prefix: str | None = None) -> int:
         """Get :class:`Changed` events for one key or every key with a prefix (or all keys)."""
         if key is not None and prefix is not None:
@@ -490,9 +545,9 @@ class Engine:
 
     # ================================================================ sending
 
-    def _send(self, peer: str, kind: Kind, body: tuple[Any, ...], reply_to: int = 0) -> None:
+    def _encode(self, kind: Kind, body: tuple[Any, ...], reply_to: int = 0) -> bytes:
         self._msg_id += 1
-        data = encode_message(
+        return encode_message(
             self.config.cluster_id,
             self.node_id,
             self.incarnation,
@@ -502,7 +557,9 @@ class Engine:
             kind,
             body,
         )
-        self._emit(peer, data, kind)
+
+    def _send(self, peer: str, kind: Kind, body: tuple[Any, ...], reply_to: int = 0) -> None:
+        self._emit(peer, self._encode(kind, body, reply_to), kind)
 
     def _emit(self, peer: str, data: bytes, kind: Kind) -> None:
         limit = self.config.max_message_bytes
@@ -513,22 +570,24 @@ class Engine:
             return
         size = limit - self._chunk_overhead
         parts = [data[i : i + size] for i in range(0, len(data), size)]
-        self._msg_id += 1
-        xfer = self._msg_id
+        self._xfer += 1
+        xfer = (self._stream ^ self._xfer) & ((1 << 62) - 1)  # distinct across restarts
         for i, part in enumerate(parts):
             self._send(peer, Kind.CHUNK, (xfer, i, len(parts), part))
 
     # ================================================================ delta propagation
 
-    def _enqueue_delta(self, key: str, delta: CRDTBase, origin: str) -> None:
-        if not self.config.push_deltas:
+    def _enqueue_delta(
+        self, key: str, delta: CRDTBase, origin: str, *, force: bool = False
+    ) -> None:
+        if not (self.config.push_deltas or force):
             return
         cur = self._pending.get(key)
         if cur is None:
             self._pending[key] = (delta.copy(), {origin})
         else:
-            cur[0].merge(delta)
-            cur[1].add(origin)
+            joined = _join_ranked(cur[0], delta)
+            self._pending[key] = (joined, cur[1] | {origin})
         if self._pending_since is None:
             self._pending_since = self._now
 
@@ -572,8 +631,7 @@ class Engine:
                 continue
             if st.acked < first - 1:
                 # This peer missed deltas we no longer hold: repair it by anti-entropy instead.
-                st.acked = st.sent = self._seq
-                self._schedule_repair(p)
+                self._mark_behind(p, st)
                 continue
             lo = max(st.sent, first - 1)
             joined: dict[str, CRDTBase] = {}
@@ -582,15 +640,21 @@ class Engine:
                     if origins == {p}:
                         continue  # never back to where it came from
                     cur = joined.get(key)
-                    if cur is None:
-                        joined[key] = delta.copy()
-                    else:
-                        cur.merge(delta)
+                    joined[key] = delta.copy() if cur is None else _join_ranked(cur, delta)
             if not joined:
-                st.sent = st.acked = max(st.acked, self._seq)
+                # Nothing in (sent, seq] is for this peer. It counts as acknowledged only if
+                # everything before it was: an unacknowledged range must never be skipped.
+                if st.acked >= st.sent:
+                    st.acked = self._seq
+                st.sent = self._seq
                 continue
             entries: list[Entry] = [(k, d, self._vv.get(k)) for k, d in joined.items()]
-            self._send(p, Kind.DELTA, (self._stream, lo, self._seq, entries))
+            data = self._encode(Kind.DELTA, (self._stream, lo, self._seq, entries))
+            if len(data) > self.config.max_round_bytes:
+                # Too much backlog for one message: a budgeted repair streams it instead.
+                self._mark_behind(p, st)
+                continue
+            self._emit(p, data, Kind.DELTA)
             st.sent = self._seq
             st.last_send = self._now
             self._count("delta_messages")
@@ -607,6 +671,11 @@ class Engine:
         while self._log and self._log[0].seq <= floor:
             self._log.popleft()
 
+    def _mark_behind(self, peer: str, st: _Peer) -> None:
+        st.floor = self._seq
+        st.acked = st.sent = self._seq
+        self._schedule_repair(peer)
+
     def _schedule_repair(self, peer: str) -> None:
         if peer not in self._repair:
             self._repair[peer] = self._now
@@ -620,24 +689,48 @@ class Engine:
         self._advance(now)
         try:
             env = decode_message(data, cluster=self.config.cluster_id, limits=self.config.limits)
+            self._accept(env)
         except ProtocolError:
             self._count("rejected")
             raise
+
+    def _accept(self, env: Envelope) -> None:
+        """Checks every message (a reassembled one too) passes before it is acted on."""
         if env.sender == self.node_id:
-            self._count("rejected")
             raise ProtocolError("self_message", "message claims to come from this node")
         known = self._incarnations.get(env.sender, -1)
         if env.incarnation < known:
-            self._count("rejected")
             raise ProtocolError(
                 "stale_incarnation",
                 f"{env.sender} incarnation {env.incarnation} < known {known}",
             )
+        if env.hlc.wall > _MAX_WALL_MS or env.hlc.logical > _MAX_LOGICAL:
+            raise ProtocolError("malformed", f"clock timestamp out of range: {env.hlc}")
+        if env.kind is Kind.CHUNK:
+            self._check_chunk(env)
+        # --- accepted: from here on the message takes effect
+        if known >= 0 and env.incarnation > known:
+            self._new_incarnation(env.sender)
         self._incarnations[env.sender] = env.incarnation
-        self._hlc.update(env.hlc)
+        ahead = env.hlc.wall - self._physical_ms()
+        if ahead > self.config.max_clock_offset_ms:
+            # A clock this far ahead is not merged: one broken peer must not drag every replica's
+            # timestamps into the future (counted instead; the data itself is still merged).
+            self._count("clock_skew_flagged")
+        else:
+            self._hlc.update(env.hlc)
         self._count(f"received_{env.kind.name}")
         self._count("bytes_received", env.size)
         self._dispatch(env)
+
+    def _new_incarnation(self, peer: str) -> None:
+        """A peer came back under a new incarnation: it lost its state. Whatever it acknowledged
+        is gone; restart its delta stream and repair it."""
+        st = self._peers.get(peer)
+        if st is not None:
+            self._mark_behind(peer, st)
+        for op in self._ops.values():
+            op.answered.discard(peer)
 
     def _dispatch(self, env: Envelope) -> None:
         k, b, p = env.kind, env.body, env.sender
@@ -667,18 +760,20 @@ class Engine:
         """Join received states/deltas; returns how many keys they inflated."""
         inflated = 0
         for key, incoming, vv in entries:
-            if key.startswith("$") and key != MEMBERS_KEY:
-                continue  # unknown reserved keys are ignored, never stored
+            if key.startswith("$") and (key != MEMBERS_KEY or not isinstance(incoming, ORMap)):
+                self._count("entries_ignored")
+                continue  # unknown reserved keys, or a membership that is not a map: never stored
             local = self._store.get(key)
             grew = False
+            replaced = False
             if local is None:
                 self._store[key] = incoming.copy()
-                grew = True
+                grew = replaced = True
             elif _rank(local) != _rank(incoming):
                 # Concurrent creation with two types: the larger type rank wins everywhere.
                 if _rank(incoming) > _rank(local):
                     self._store[key] = incoming.copy()
-                    grew = True
+                    grew = replaced = True
             else:
                 before = local.copy() if vv is not None and key in self._vv else None
                 grew = local.merge(incoming)
@@ -689,7 +784,15 @@ class Engine:
             if grew:
                 inflated += 1
                 self._index.touch(key)
-                self._effects.append(Persist(key, incoming))
+                mine = self._vv.get(key)
+                self._effects.append(
+                    Persist(
+                        key,
+                        incoming,
+                        vv=mine.copy() if mine is not None else None,
+                        replace=replaced and local is not None,
+                    )
+                )
                 self._changed(key, origin)
                 if forward:
                     self._enqueue_delta(key, incoming, origin)
@@ -722,7 +825,7 @@ class Engine:
         if hi > st.acked:
             st.acked = min(hi, self._seq)
         for op in list(self._ops.values()):
-            if op.kind == "write" and st.acked >= op.seq and peer not in op.answered:
+            if op.kind == "write" and st.acked >= op.seq > st.floor and peer not in op.answered:
                 op.answered.add(peer)
                 if len(op.answered) + 1 >= op.required:
                     del self._ops[op.op_id]
@@ -744,22 +847,29 @@ class Engine:
                 ReadDone(op_id, key, self.get(key), (self.node_id, *sorted(op.answered)))
             )
 
+    def _check_chunk(self, env: Envelope) -> None:
+        """Refuse a fragment before it is stored if it breaks the reassembly budget."""
+        xfer, index, total, frag = env.body
+        r = self._reasm.get((env.sender, xfer))
+        if r is not None and r.total != total:
+            raise ProtocolError("malformed", "chunk count changed within one transfer")
+        if r is None and total * len(frag) > 2 * self.config.limits.max_bytes and index < total - 1:
+            raise ProtocolError("too_large", f"a transfer of {total} fragments is over the limit")
+        if self._reasm_bytes + len(frag) > self.config.limits.max_bytes:
+            raise ProtocolError("too_large", "reassembly buffer full")
+
     def _on_chunk(self, env: Envelope) -> None:
         xfer, index, total, frag = env.body
         slot = (env.sender, xfer)
         r = self._reasm.get(slot)
         if r is None:
-            if total * (self.config.max_message_bytes) > self.config.limits.max_bytes * 2:
-                raise ProtocolError("too_large", f"chunked message of {total} parts is too large")
+            mine = [s for s in self._reasm if s[0] == env.sender]
+            if len(mine) >= _MAX_TRANSFERS_PER_SENDER:  # one sender cannot hog the buffer
+                oldest = min(mine, key=lambda s: self._reasm[s].expires)
+                self._reasm_bytes -= self._reasm.pop(oldest).size
             r = self._reasm[slot] = _Reassembly(total, {}, 0, self._now + _REASSEMBLY_TTL)
-        if r.total != total:
-            raise ProtocolError("malformed", "chunk count changed within one transfer")
         if index in r.parts:
             return
-        if self._reasm_bytes + len(frag) > self.config.limits.max_bytes:
-            del self._reasm[slot]
-            self._reasm_bytes -= r.size
-            raise ProtocolError("too_large", "reassembly buffer full")
         r.parts[index] = frag
         r.size += len(frag)
         self._reasm_bytes += len(frag)
@@ -773,15 +883,14 @@ class Engine:
             raise ProtocolError(
                 "malformed", "a chunked message must be one non-chunk message of its sender"
             )
-        self._count(f"received_{env2.kind.name}")
-        self._dispatch(env2)
+        self._accept(env2)
 
     # ================================================================ anti-entropy
 
-    def _start_ae(self, peer: str) -> None:
+    def _start_ae(self, peer: str, mode: str | None = None) -> None:
         self._count("ae_rounds")
         root = self._index.root()
-        self._send(peer, Kind.AE_ROOT, (self.config.ae_mode, root))
+        self._send(peer, Kind.AE_ROOT, (mode or self.config.ae_mode, root))
 
     def _on_ae_root(self, env: Envelope) -> None:
         mode, root = env.body
@@ -803,8 +912,6 @@ class Engine:
     def _on_ae_step(self, env: Envelope) -> None:
         xid, mode, from_initiator, items, entries, want = env.body
         peer = env.sender
-        if from_initiator is False:
-            self._repair.pop(peer, None)  # the peer answered our exchange
         # Who may ship to whom: the initiator pushes in "push"/"push-pull", pulls in
         # "pull"/"push-pull". The sender of this message is the initiator iff from_initiator.
         i_am_initiator = not from_initiator
@@ -817,12 +924,17 @@ class Engine:
         reply_items: list[list[Any]] = []
         idx = self._index
         w = SHORT_DIGEST
+        budget = self.config.max_round_bytes
         for level, prefix, tag, payload in items:
             if tag == "b":
                 mine, _ = idx.children(level, prefix)
                 for c in range(FANOUT):
+                    if budget <= 0:
+                        break  # the rest of the tree waits for the next exchange
                     if mine[c * w : (c + 1) * w] != payload[c * w : (c + 1) * w]:
-                        reply_items.append(self._tree_item(level + 1, (prefix << LEVEL_BITS) + c))
+                        item = self._tree_item(level + 1, (prefix << LEVEL_BITS) + c)
+                        budget -= _item_size(item)
+                        reply_items.append(item)
             else:
                 theirs = dict(payload)
                 ours = dict(idx.keys_under(level, prefix))
@@ -841,6 +953,11 @@ class Engine:
                 (xid, mode, i_am_initiator, reply_items, shipped, my_want),
                 env.msg_id,
             )
+        elif not from_initiator:
+            # An exchange we started ended on our side with nothing left to send either way: a
+            # repair owed to this peer is done.
+            self._count("ae_exchanges_done")
+            self._repair.pop(peer, None)
         else:
             self._count("ae_exchanges_done")
 
@@ -897,7 +1014,7 @@ class Engine:
             for p, at in list(self._repair.items()):
                 if now >= at:
                     self._repair[p] = now + retry
-                    self._start_ae(p)
+                    self._start_ae(p, "push-pull")  # a repair must push what the peer lacks
         if self._next_ae is not None and now >= self._next_ae:
             while self._next_ae <= now:
                 self._next_ae += self._ae_gap()

@@ -58,6 +58,8 @@ class NodeHandle:
     skew: float = 0.0
     up: bool = True
     timer_at: float | None = None
+    #: bumped at each crash: messages sent to an earlier epoch are lost with the process
+    epoch: int = 0
     events: list[Effect] = field(default_factory=list)
 
 
@@ -108,9 +110,14 @@ class Simulation:
     # --------------------------------------------------------------------- construction
 
     def _make_engine(
-        self, name: str, incarnation: int, store: dict[str, CRDTBase] | None
+        self,
+        name: str,
+        incarnation: int,
+        store: dict[str, CRDTBase] | None,
+        versions: dict[str, Any] | None = None,
+        boot: int = 0,
     ) -> Engine:
-        rng = random.Random(f"node:{self.seed}:{name}:{incarnation}")
+        rng = random.Random(f"node:{self.seed}:{name}:{incarnation}:{boot}")
         return Engine(
             name,
             incarnation=incarnation,
@@ -118,6 +125,8 @@ class Simulation:
             config=self.config,
             rng=rng,
             store=store,
+            versions=versions,
+            stream_id=rng.getrandbits(62),  # deterministic, and new at every boot
         )
 
     def _start_node(self, h: NodeHandle, at: float) -> None:
@@ -234,11 +243,12 @@ class Simulation:
         copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
         if copies == 2:
             st.messages_duplicated += 1
+        epoch = self.nodes[dst].epoch
         for _ in range(copies):
             delay = link.latency.sample(rng)
             if link.reorder and rng.random() < link.reorder:
                 delay += link.reorder_delay
-            self._push(self.now + delay, _DELIVER, (src, dst, eff.data))
+            self._push(self.now + delay, _DELIVER, (src, dst, eff.data, epoch))
 
     def _reachable(self, a: str, b: str) -> bool:
         if (a, b) in self._blocked:
@@ -246,9 +256,9 @@ class Simulation:
         g = self._groups
         return g is None or g.get(a, -1) == g.get(b, -2)
 
-    def _deliver(self, src: str, dst: str, data: bytes) -> None:
+    def _deliver(self, src: str, dst: str, data: bytes, epoch: int) -> None:
         h = self.nodes[dst]
-        if not h.up or not self._reachable(src, dst):
+        if not h.up or h.epoch != epoch or not self._reachable(src, dst):
             self.stats.messages_dropped += 1
             return
         self.stats.messages_delivered += 1
@@ -273,13 +283,15 @@ class Simulation:
 
     def read(self, node: str, key: str, **kw: Any) -> int:
         h = self.nodes[node]
+        if not h.up:
+            raise InvalidArgument(f"node {node} is down")
         op = h.engine.read(key, self._local(h), **kw)
         self._after_input(h)
         return op
 
     def inject(self, src: str, dst: str, data: bytes) -> None:
         """Deliver raw bytes to ``dst`` as if ``src`` had sent them (for hostile-input tests)."""
-        self._push(self.now, _DELIVER, (src, dst, data))
+        self._push(self.now, _DELIVER, (src, dst, data, self.nodes[dst].epoch))
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Split the network: nodes only reach nodes of their own group (unlisted: isolated)."""
@@ -305,6 +317,7 @@ class Simulation:
         h = self.nodes[node]
         h.up = False
         h.timer_at = None
+        h.epoch += 1
 
     def restart(self, node: str, *, lose_state: bool = False) -> None:
         """Bring ``node`` back. Keeping its state: same incarnation, durable store intact, delta
@@ -312,12 +325,14 @@ class Simulation:
         h = self.nodes[node]
         if h.up:
             raise InvalidArgument(f"node {node} is up")
+        versions = None
         if lose_state:
             self._incarnations[node] += 1
             store = None
         else:
             store = h.engine.durable_state()
-        h.engine = self._make_engine(node, self._incarnations[node], store)
+            versions = h.engine.durable_versions()
+        h.engine = self._make_engine(node, self._incarnations[node], store, versions, h.epoch)
         h.up = True
         h.engine.start(self._local(h))
         self._after_input(h)

@@ -9,7 +9,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtcoord.engine import Effect, Engine, EngineConfig, Persist, ProtocolError, Send
+from crdtcoord.engine import (
+    Effect,
+    Engine,
+    EngineConfig,
+    Persist,
+    ProtocolError,
+    Send,
+    WriteDone,
+)
 from crdtcoord.types import CRDTBase
 
 __all__ = ["ManualCluster", "Message"]
@@ -38,13 +46,16 @@ class ManualCluster:
     down: set[str] = field(default_factory=set)
     incarnations: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
+    #: every WriteDone: (writer, writer incarnation, op id, {acknowledger: its incarnation})
+    acks: list[tuple[str, int, int, dict[str, int]]] = field(default_factory=list)
+    boots: int = 0
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
         self.engines: dict[str, Engine] = {}
         for n in self.names:
             self.incarnations[n] = 1
-            self.engines[n] = Engine(n, seeds=self.names, config=self.config)
+            self.engines[n] = self._engine(n, 1)
             self.events[n] = []
             self.persisted[n] = []
         for n in self.names:
@@ -52,6 +63,17 @@ class ManualCluster:
             self._collect(n)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _engine(self, n: str, incarnation: int, **kw: Any) -> Engine:
+        self.boots += 1  # deterministic stream ids, distinct at every boot
+        return Engine(
+            n,
+            incarnation=incarnation,
+            seeds=self.names,
+            config=self.config,
+            stream_id=self.boots,
+            **kw,
+        )
 
     def _collect(self, n: str) -> None:
         for eff in self.engines[n].poll():
@@ -61,6 +83,9 @@ class ManualCluster:
                 self.persisted[n].append(eff)
             else:
                 self.events[n].append((self.incarnations[n], eff))
+                if isinstance(eff, WriteDone):
+                    who = {p: self.incarnations[p] for p in eff.acked_by if p in self.incarnations}
+                    self.acks.append((n, self.incarnations[n], eff.op_id, who))
 
     def reachable(self, a: str, b: str) -> bool:
         if a in self.down or b in self.down:
@@ -112,17 +137,15 @@ class ManualCluster:
 
     def restart(self, node: str, *, lose_state: bool = False) -> None:
         self.down.discard(node)
+        versions = None
         if lose_state:
             self.incarnations[node] += 1
             store = None
         else:
             store = self.engines[node].durable_state()
-        self.engines[node] = Engine(
-            node,
-            incarnation=self.incarnations[node],
-            seeds=self.names,
-            config=self.config,
-            store=store,
+            versions = self.engines[node].durable_versions()
+        self.engines[node] = self._engine(
+            node, self.incarnations[node], store=store, versions=versions
         )
         self.engines[node].start(self.now)
         self._collect(node)

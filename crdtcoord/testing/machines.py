@@ -158,7 +158,7 @@ def replication_machine(
     with a digest recomputed from scratch.
     """
     from crdtcoord._exceptions import CrdtError
-    from crdtcoord.engine import EngineConfig, WriteDone, at_least
+    from crdtcoord.engine import EngineConfig, at_least
     from crdtcoord.engine.merkle import DigestIndex
     from crdtcoord.testing.cluster import ManualCluster
     from crdtcoord.types import LWWRegister, ORMap, ORSet, PNCounter
@@ -248,11 +248,11 @@ def replication_machine(
                 assert fresh.root() == eng.digest(), "incremental digest index drifted"
 
         def _acked(self) -> set[tuple[str, int, int]]:
+            """Writes acknowledged by at least one *other* replica that never lost its state."""
             done: set[tuple[str, int, int]] = set()
-            for node, evs in self.cluster.events.items():
-                for inc, ev in evs:
-                    if isinstance(ev, WriteDone):
-                        done.add((node, inc, ev.op_id))
+            for node, inc, op_id, who in self.cluster.acks:
+                if any(p != node and (p, i) not in self.lost_state for p, i in who.items()):
+                    done.add((node, inc, op_id))
             return done
 
         def teardown(self) -> None:
