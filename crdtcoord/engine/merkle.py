@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-from crdtcoord.engine.messages import FANOUT, LEVEL_BITS, MAX_LEVEL, ROOT_DIGEST, SHORT_DIGEST
+from crdtcoord.engine.messages import FANOUT, LEVEL_BITS, ROOT_DIGEST, SHORT_DIGEST
 
 __all__ = ["DigestIndex", "key_hash"]
 
@@ -137,26 +137,21 @@ class DigestIndex:
             return self._nodes[level].get(prefix, 0) >> 64
         return len(self._group_keys(level, prefix))
 
-    def children(self, level: int, prefix: int) -> tuple[bytes, list[int]]:
-        """The 16 child hashes (8 bytes each, in order) of a node and their key counts."""
+    def children(self, level: int, prefix: int) -> bytes:
+        """The 16 child hashes of a node, 8 bytes each, in child order."""
         self.refresh()
         child = level + 1
-        base = prefix << LEVEL_BITS
         hashes = [0] * FANOUT
-        counts = [0] * FANOUT
         if child <= _MAINTAINED:
             table = self._nodes[child]
+            base = prefix << LEVEL_BITS
             for c in range(FANOUT):
-                v = table.get(base + c, 0)
-                hashes[c] = v & _MASK64
-                counts[c] = v >> 64
-        else:
+                hashes[c] = table.get(base + c, 0) & _MASK64
+        else:  # below the maintained levels: fold the keys of the level-3 group
             leaves, kh = self._leaves, self._hashes
-            for k in self._group_keys(level, prefix) if level >= _MAINTAINED else []:
-                c = prefix_of(kh[k], child) & (FANOUT - 1)
-                hashes[c] ^= leaves[k] & _MASK64
-                counts[c] += 1
-        return b"".join(x.to_bytes(SHORT_DIGEST, "big") for x in hashes), counts
+            for k in self._group_keys(level, prefix):
+                hashes[prefix_of(kh[k], child) & (FANOUT - 1)] ^= leaves[k] & _MASK64
+        return b"".join(x.to_bytes(SHORT_DIGEST, "big") for x in hashes)
 
     def keys_under(self, level: int, prefix: int) -> list[tuple[str, bytes]]:
         """(key, 8-byte digest) of every key under a node, sorted by key."""
@@ -177,7 +172,3 @@ class DigestIndex:
                     keys.extend(self._groups.get(g, ()))
         d = self._digests
         return [(k, d[k][:SHORT_DIGEST]) for k in sorted(keys)]
-
-    @staticmethod
-    def max_level() -> int:
-        return MAX_LEVEL

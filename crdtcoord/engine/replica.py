@@ -906,7 +906,7 @@ class Engine:
         idx = self._index
         if level >= MAX_LEVEL or idx.count(level, prefix) <= LEAF_MAX:
             return [level, prefix, "l", [[k, d] for k, d in idx.keys_under(level, prefix)]]
-        hashes, _ = idx.children(level, prefix)
+        hashes = idx.children(level, prefix)
         return [level, prefix, "b", hashes]
 
     def _on_ae_step(self, env: Envelope) -> None:
@@ -927,7 +927,7 @@ class Engine:
         budget = self.config.max_round_bytes
         for level, prefix, tag, payload in items:
             if tag == "b":
-                mine, _ = idx.children(level, prefix)
+                mine = idx.children(level, prefix)
                 for c in range(FANOUT):
                     if budget <= 0:
                         break  # the rest of the tree waits for the next exchange

@@ -118,9 +118,6 @@ class DotStore(CRDTBase, Generic[P]):
         self._check_mergeable(other)
         return self._join(other)
 
-    def _fresh_delta(self) -> Self:
-        return type(self)._bottom_like(self)
-
     def _prime(self, replica: str, upto: int) -> None:
         """Treat ``replica``'s dots up to ``upto`` as seen: an enclosing ORMap shares its
         per-replica sequence space with its nested values this way, so a value re-created

@@ -461,3 +461,25 @@ def test_chunks_fit_the_budget_even_with_long_ids() -> None:
         assert len(c.queue[0].data) <= 1024
         c.deliver(0)
     assert c.converged()
+
+
+def test_merkle_children_match_a_recomputation_at_every_level() -> None:
+    from crdtcoord.engine.merkle import DigestIndex, _leaf, key_hash, prefix_of
+
+    store = {f"k{i}": i.to_bytes(16, "big") for i in range(5000)}
+    idx = DigestIndex(lambda k: store[k])
+    for k in store:
+        idx.touch(k)
+    idx.refresh()
+    store["k7"] = b"\xff" * 16  # an update after the first digest
+    idx.touch("k7")
+    for level in range(8):
+        for prefix in sorted({prefix_of(key_hash(k), level) for k in list(store)[:40]}):
+            expected = [0] * 16
+            for k in store:
+                h = key_hash(k)
+                if prefix_of(h, level) == prefix:
+                    leaf = _leaf(k, store[k])  # from scratch, not from the index
+                    expected[prefix_of(h, level + 1) & 15] ^= leaf & (2**64 - 1)
+            got = idx.children(level, prefix)
+            assert got == b"".join(x.to_bytes(8, "big") for x in expected), (level, prefix)
