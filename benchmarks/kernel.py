@@ -91,12 +91,14 @@ def bench_mutators(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
         ("EWFlag.enable", lambda: fl.enable("node-a")),
         (
             "ORMap.update (nested GCounter)",
-            lambda: m.update("node-a", "hits", GCounter, lambda c, actor: c.increment(actor, 1)),
+            lambda: m.update(
+                "node-a", "hits", GCounter, lambda c, ctx: c.increment(ctx.replica, 1)
+            ),
         ),
         (
             "ORMap.update (new key, LWW)",
             lambda: m.update(
-                "node-a", nxt(), LWWRegister, lambda r, actor: r.assign(actor, 1, hlc)
+                "node-a", nxt(), LWWRegister, lambda r, ctx: r.assign(ctx.replica, 1, hlc)
             ),
         ),
         ("Lease.acquire (fresh grant)", lease_cycle),
@@ -255,7 +257,7 @@ def bench_codec(b, quick: bool) -> None:  # type: ignore[no-untyped-def]
     m = ORMap()
     hlc = HLC(lambda: 1_000)
     for i in range(n // 10):
-        m.update("node-a", elem(i), LWWRegister, lambda r, actor, i=i: r.assign(actor, i, hlc))
+        m.update("node-a", elem(i), LWWRegister, lambda r, ctx, i=i: r.assign(ctx.replica, i, hlc))
     ydoc = build_ymap(n)
     cases = [("orset", s, n), ("gset", gs, n), ("ormap_lww", m, n // 10)]
     reps = 3 if quick else 9

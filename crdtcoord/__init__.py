@@ -15,9 +15,9 @@ from crdtcoord._exceptions import (
     InvalidArgument,
     LeaseHeld,
 )
-from crdtcoord._wire import Limits
+from crdtcoord._wire import Limits, Reader
 from crdtcoord.clocks import HLC, Causality, Dot, DotContext, Timestamp, VersionVector
-from crdtcoord.codec import decode, digest, encode
+from crdtcoord.codec import decode, decode_op, digest, encode, encode_op
 from crdtcoord.engine import (
     ALL,
     LOCAL,
@@ -33,6 +33,7 @@ from crdtcoord.sim import Simulation
 from crdtcoord.types import (
     CRDT,
     BoundedCounter,
+    CRDTBase,
     EWFlag,
     GCounter,
     GSet,
@@ -41,9 +42,12 @@ from crdtcoord.types import (
     LWWRegister,
     MVRegister,
     NotLeaseHolder,
+    Op,
     ORMap,
     ORSet,
     PNCounter,
+    UpdateContext,
+    register_type,
 )
 
 __version__ = "0.1.0"
@@ -51,6 +55,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL",
     "CRDT",
+    "CRDTBase",
     "HLC",
     "LOCAL",
     "MAJORITY",
@@ -81,13 +86,19 @@ __all__ = [
     "NotLeaseHolder",
     "ORMap",
     "ORSet",
+    "Op",
     "PNCounter",
     "ProtocolError",
+    "Reader",
     "Simulation",
     "Timestamp",
+    "UpdateContext",
     "VersionVector",
     "at_least",
     "decode",
+    "decode_op",
     "digest",
     "encode",
+    "encode_op",
+    "register_type",
 ]

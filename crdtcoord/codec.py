@@ -21,9 +21,19 @@ from typing import Any, TypeVar
 from crdtcoord._exceptions import CodecError, CrdtcoordError
 from crdtcoord._wire import DEFAULT_LIMITS, Limits, Reader, pack, unpack
 from crdtcoord.types import ALL_TYPES, CRDTBase, registered_types
-from crdtcoord.types._base import read_crdt
+from crdtcoord.types._base import Op, read_crdt, read_op
 
-__all__ = ["DIGEST_SIZE", "TYPE_TAGS", "Limits", "decode", "digest", "encode"]
+__all__ = [
+    "DIGEST_SIZE",
+    "TYPE_TAGS",
+    "Limits",
+    "decode",
+    "decode_op",
+    "digest",
+    "encode",
+    "encode_op",
+    "op_from_wire",
+]
 
 #: Bytes in a :func:`digest`.
 DIGEST_SIZE = 16
@@ -100,3 +110,30 @@ def decode(
 def digest(x: CRDTBase) -> bytes:
     """A 16-byte BLAKE2b digest of the canonical encoding: equal states, equal digests."""
     return hashlib.blake2b(encode(x), digest_size=DIGEST_SIZE).digest()
+
+
+def encode_op(op: Op) -> bytes:
+    """Canonical bytes of an op: ``[type_tag, op_code, [args...]]`` (nested ops inline)."""
+    if not isinstance(op, Op):
+        raise TypeError(f"not an op: {type(op).__name__}")
+    return pack(op.to_wire())
+
+
+def op_from_wire(obj: Any, *, limits: Limits = DEFAULT_LIMITS) -> Op:
+    """Build an op from its unpacked wire form; :class:`CodecError` on any problem."""
+    reader = Reader(limits)
+    try:
+        return read_op(obj, reader)
+    except CodecError:
+        raise
+    except CrdtcoordError as exc:
+        raise CodecError(f"invalid op: {exc}") from None
+    except RecursionError:
+        raise CodecError("op nests too deeply") from None
+    except Exception as exc:  # the contract is CodecError, always
+        raise CodecError(f"internal decoder error: {type(exc).__name__}: {exc}") from None
+
+
+def decode_op(data: bytes | bytearray | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> Op:
+    """Decode bytes from :func:`encode_op` into a validated op; :class:`CodecError` otherwise."""
+    return op_from_wire(unpack(data, limits), limits=limits)

@@ -76,7 +76,7 @@ def test_register_values_roundtrip(v: object) -> None:
 def test_map_keys_roundtrip(keys: list) -> None:
     m = ORMap()
     for k in keys:
-        m.update("a", k, GCounter, lambda c, actor: c.increment(actor))
+        m.update("a", k, GCounter, lambda c, ctx: c.increment(ctx.replica))
     assert_roundtrip(m)
 
 
@@ -216,15 +216,15 @@ def _corpus() -> list[bytes]:
     flag2.enable("b")
     flag.merge(flag2)
     m = ORMap()
-    m.update("a", "hits", GCounter, lambda c, actor: c.increment(actor, 3))
-    m.update("b", ("set", 1), ORSet, lambda s, actor: s.add(actor, "x"))
+    m.update("a", "hits", GCounter, lambda c, ctx: c.increment(ctx.replica, 3))
+    m.update("b", ("set", 1), ORSet, lambda s, ctx: s.add(ctx.replica, "x"))
     m.update(
         "a",
         "inner",
         ORMap,
-        lambda i, actor: i.update(actor, 7, PNCounter, lambda c, a: c.decrement(a)),
+        lambda i, ctx: i.update(ctx, 7, PNCounter, lambda c, cx: c.decrement(cx.replica)),
     )
-    m.update("c", "reg", LWWRegister, lambda r, actor: r.assign(actor, "v", Timestamp(5)))
+    m.update("c", "reg", LWWRegister, lambda r, ctx: r.assign(ctx.replica, "v", Timestamp(5)))
     lease = Lease()
     lease.acquire("n1", "holder-1", Timestamp(1000, 2), 500)
     return [encode(x) for x in (g, p, bc, gs, orset, gap, lww, mv1, flag, m, lease)]

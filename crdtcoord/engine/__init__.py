@@ -22,7 +22,8 @@ from crdtcoord.engine.messages import (
     Kind,
     ProtocolError,
 )
-from crdtcoord.engine.replica import MEMBERS_KEY, Engine, UpdateContext
+from crdtcoord.engine.replica import MEMBERS_KEY, Engine
+from crdtcoord.types import UpdateContext
 
 __all__ = [
     "ALL",

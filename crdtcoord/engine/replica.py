@@ -32,7 +32,7 @@ from itertools import islice
 from typing import Any, TypeVar
 
 from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
-from crdtcoord._wire import check_replica
+from crdtcoord._wire import Value, check_replica
 from crdtcoord.clocks.hlc import HLC, Timestamp
 from crdtcoord.clocks.vv import Causality, VersionVector
 from crdtcoord.codec import digest as state_digest
@@ -65,7 +65,7 @@ from crdtcoord.engine.messages import (
     decode_message,
     encode_message,
 )
-from crdtcoord.types import CRDTBase, Lease, LWWRegister, ORMap
+from crdtcoord.types import CRDTBase, Lease, LWWRegister, ORMap, UpdateContext
 
 __all__ = ["MEMBERS_KEY", "Engine", "UpdateContext"]
 
@@ -74,18 +74,6 @@ C = TypeVar("C", bound=CRDTBase)
 #: Reserved key holding the gossiped membership (node id -> {"inc": incarnation, "status": ...}).
 MEMBERS_KEY = "$members"
 _REASSEMBLY_TTL = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateContext:
-    """Handed to update functions: who is acting, and the replica's hybrid clock."""
-
-    replica: str
-    hlc: HLC
-
-    def now(self) -> Timestamp:
-        """A fresh HLC timestamp for this update."""
-        return self.hlc.now()
 
 
 @dataclass(slots=True)
@@ -312,16 +300,11 @@ class Engine:
 
     def _announce(self) -> None:
         """Write this node's membership entry (incarnation, status) into ``$members``."""
-        entry = {"inc": self.incarnation, "status": "up"}
+        entry: dict[str, Value] = {"inc": self.incarnation, "status": "up"}
         self._apply_local(
             MEMBERS_KEY,
             ORMap,
-            lambda m, ctx: m.update(
-                ctx.replica,
-                self.node_id,
-                LWWRegister,
-                lambda r, actor: r.assign(actor, entry, ctx.hlc),
-            ),
+            lambda m, ctx: m.apply(ORMap.Update(self.node_id, LWWRegister.Assign(entry)), ctx),
         )
 
     def _refresh_members(self) -> None:

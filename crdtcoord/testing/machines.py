@@ -20,9 +20,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from crdtcoord.codec import decode, encode
 from crdtcoord.testing.laws import leq
-from crdtcoord.testing.ops import Decrement, Env, Increment, Op, apply_op
+from crdtcoord.testing.ops import Env, apply_op
 from crdtcoord.testing.strategies import REPLICAS, ops
-from crdtcoord.types import CRDTBase, GCounter, GSet, PNCounter
+from crdtcoord.types import CRDTBase, GCounter, GSet, Op, PNCounter
 
 __all__ = ["convergence_machine", "replication_machine"]
 
@@ -30,9 +30,9 @@ Model = Callable[[Any, Op], Any]
 
 
 def _counter_model(total: Any, op: Op) -> Any:
-    if isinstance(op, Increment):
+    if isinstance(op, GCounter.Increment | PNCounter.Increment):
         return total + op.n
-    if isinstance(op, Decrement):
+    if isinstance(op, PNCounter.Decrement):
         return total - op.n
     return total
 
@@ -133,17 +133,6 @@ def convergence_machine(
 # ----------------------------------------------------------------------------- replication machine
 
 
-class _EngineEnv(Env):
-    """Lets the shared ops run inside Engine.update: the clock is the engine's HLC."""
-
-    def __init__(self, hlc: Any) -> None:
-        super().__init__()
-        self._hlc = hlc
-
-    def clock(self, replica: str) -> Any:
-        return self._hlc
-
-
 def replication_machine(
     keys: dict[str, type[CRDTBase]] | None = None,
     nodes: Sequence[str] = ("a", "b", "c"),
@@ -189,7 +178,7 @@ def replication_machine(
             captured: list[CRDTBase] = []
 
             def fn(state: Any, ctx: Any) -> CRDTBase:
-                delta = op.apply(state, ctx.replica, _EngineEnv(ctx.hlc))
+                delta = op.apply(state, ctx)
                 captured.append(delta.copy())
                 return delta
 

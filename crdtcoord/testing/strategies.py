@@ -10,53 +10,23 @@ is what merge laws are about; ``states(T)`` draws one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
 
 from crdtcoord._wire import INT_MIN, UINT_MAX
-from crdtcoord.testing.ops import (
-    Acquire,
-    Add,
-    Assign,
-    Clear,
-    Decrement,
-    Disable,
-    Enable,
-    Env,
-    Force,
-    Increment,
-    MapRemove,
-    MapUpdate,
-    Op,
-    Release,
-    Remove,
-    Renew,
-    Step,
-    Transfer,
-    run_history,
-)
-from crdtcoord.types import (
-    ALL_TYPES,
-    BoundedCounter,
-    CRDTBase,
-    EWFlag,
-    GCounter,
-    GSet,
-    Lease,
-    LWWRegister,
-    MVRegister,
-    ORMap,
-    ORSet,
-    PNCounter,
-)
+from crdtcoord.testing.ops import Env, Step, run_history
+from crdtcoord.types import ALL_TYPES, CRDTBase, Op, ORMap
 
 __all__ = [
     "REPLICAS",
     "elements",
+    "field_strategy",
     "histories",
     "ops",
+    "register_op_strategy",
     "related_states",
     "replica_ids",
     "states",
@@ -110,58 +80,71 @@ def values(*, rich: bool = False) -> st.SearchStrategy[Any]:
 
 _HOLDERS = st.sampled_from(["h1", "h2", "h3"])
 _TTL = st.sampled_from([50, 200, 1000])
+_KEYS: st.SearchStrategy[str | int] = st.sampled_from(["k", "l", 0])
 
-# Nested types exercised inside ORMap (every type a map accepts; maps nested once).
-_NESTED: tuple[type[CRDTBase], ...] = tuple(
-    t for t in ALL_TYPES if t.ALLOWED_IN_MAP and t is not ORMap
-)
+# Nested types exercised inside ORMap (every built-in type a map accepts; maps nested once).
+_NESTED: tuple[type[CRDTBase], ...] = tuple(t for t in ALL_TYPES if t.ALLOWED_IN_MAP)
+
+OpStrategy = Callable[[Sequence[str], int], st.SearchStrategy[Op]]
+_CUSTOM: dict[type[Op], OpStrategy] = {}
+
+
+def register_op_strategy(op: type[Op], strategy: OpStrategy) -> None:
+    """Use ``strategy(replicas, depth)`` to generate ``op`` instead of deriving it from the op's
+    field kinds (for ops whose arguments need a domain the kinds cannot express)."""
+    _CUSTOM[op] = strategy
+
+
+def field_strategy(kind: str, replicas: Sequence[str], depth: int = 0) -> st.SearchStrategy[Any]:
+    """Values for one op field of the given kind (see ``crdtcoord.types.FIELD_KINDS``): small
+    pools, so that ops of different replicas collide (same elements, same holders)."""
+    if kind == "amount":
+        return st.integers(0, 5)
+    if kind == "int":
+        return st.integers(-5, 5)
+    if kind == "ttl":
+        return _TTL
+    if kind == "element":
+        return elements()
+    if kind == "key":
+        return _KEYS
+    if kind == "value":
+        return values()
+    if kind == "replica":
+        return st.sampled_from(list(replicas))
+    if kind == "holder":
+        return _HOLDERS
+    if kind == "holder?":
+        return _HOLDERS | st.none()
+    if kind == "op":
+        nested = [t for t in _NESTED if t is not ORMap or depth < 1]
+        return st.sampled_from(nested).flatmap(lambda t: ops(t, replicas=replicas, depth=depth + 1))
+    raise ValueError(f"unknown op field kind {kind!r}")
+
+
+def _op_strategy(op: type[Op], replicas: Sequence[str], depth: int) -> st.SearchStrategy[Op]:
+    custom = _CUSTOM.get(op)
+    if custom is not None:
+        return custom(replicas, depth)
+    kinds = op.FIELDS
+    n = len(dataclasses.fields(op))  # type: ignore[arg-type]
+    args = [
+        field_strategy(kinds[i] if i < len(kinds) else "value", replicas, depth) for i in range(n)
+    ]
+    return st.builds(op, *args)
 
 
 def ops(
     kind: type[CRDTBase], *, replicas: Sequence[str] = REPLICAS, depth: int = 0
 ) -> st.SearchStrategy[Op]:
-    """Ops of one type (including ones the type will refuse, such as overdrawn decrements)."""
-    small = st.integers(0, 5)
-    if kind is GCounter:
-        return st.builds(Increment, small)
-    if kind is PNCounter:
-        return st.one_of(st.builds(Increment, small), st.builds(Decrement, small))
-    if kind is BoundedCounter:
-        return st.one_of(
-            st.builds(Increment, small),
-            st.builds(Decrement, small),
-            st.builds(Transfer, st.sampled_from(list(replicas)), small),
+    """Ops of one type, derived from its declared ``OPS`` (including ops the state will refuse,
+    such as overdrawn decrements). Works for any registered type, yours included."""
+    declared = kind.OPS
+    if not declared:
+        raise TypeError(
+            f"{kind.__name__} declares no OPS: list its op dataclasses in {kind.__name__}.OPS"
         )
-    if kind is GSet:
-        return st.builds(Add, elements())
-    if kind is ORSet:
-        return st.one_of(
-            st.builds(Add, elements()),
-            st.builds(Remove, elements()),
-            st.just(Clear()),
-        )
-    if kind is LWWRegister or kind is MVRegister:
-        return st.builds(Assign, values())
-    if kind is EWFlag:
-        return st.sampled_from([Enable(), Disable()])
-    if kind is Lease:
-        return st.one_of(
-            st.builds(Acquire, _HOLDERS, _TTL),
-            st.builds(Renew, _HOLDERS, _TTL),
-            st.builds(Release, _HOLDERS),
-            st.builds(Force, _HOLDERS | st.none(), _TTL, st.integers(0, 20)),
-        )
-    if kind is ORMap:
-        nested = list(_NESTED) + ([ORMap] if depth < 1 else [])
-        keys: st.SearchStrategy[str | int] = st.sampled_from(["k", "l", 0])
-
-        @st.composite
-        def update(draw: st.DrawFn) -> Op:
-            sub = draw(st.sampled_from(nested))
-            return MapUpdate(draw(keys), sub, draw(ops(sub, replicas=replicas, depth=depth + 1)))
-
-        return st.one_of(update(), update(), st.builds(MapRemove, keys))
-    raise TypeError(f"no op strategy for {kind.__name__}")
+    return st.one_of([_op_strategy(o, replicas, depth) for o in declared])
 
 
 @st.composite

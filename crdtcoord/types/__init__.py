@@ -1,6 +1,14 @@
 """The replicated data types, one module each; all share the :class:`CRDT` contract."""
 
-from crdtcoord.types._base import CRDT, CRDTBase, registered_types
+from crdtcoord.types._base import (
+    CRDT,
+    USER_TAGS,
+    CRDTBase,
+    Op,
+    UpdateContext,
+    register_type,
+    registered_types,
+)
 from crdtcoord.types.bounded_counter import BoundedCounter
 from crdtcoord.types.ewflag import EWFlag
 from crdtcoord.types.gcounter import GCounter
@@ -41,6 +49,10 @@ __all__ = [
     "NotLeaseHolder",
     "ORMap",
     "ORSet",
+    "Op",
     "PNCounter",
+    "USER_TAGS",
+    "UpdateContext",
+    "register_type",
     "registered_types",
 ]

@@ -29,11 +29,12 @@ recovered node a new incarnation id for this reason.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._exceptions import InsufficientRights, InvalidArgument
 from crdtcoord._wire import INT_MAX, INT_MIN, Reader, check_amount, check_replica
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["BoundedCounter"]
 
@@ -46,6 +47,39 @@ class BoundedCounter(CRDTBase):
     #: Escrow rights belong to replicas, and a map key can be removed and re-created: keep
     #: bounded counters at top-level keys.
     ALLOWED_IN_MAP = False
+
+    @dataclass(frozen=True, slots=True)
+    class Increment(Op):
+        """Add ``n``: the acting replica gains ``n`` rights."""
+
+        n: int = 1
+        FIELDS = ("amount",)
+
+        def apply(self, state: BoundedCounter, ctx: UpdateContext) -> BoundedCounter:
+            return state.increment(ctx.replica, self.n)
+
+    @dataclass(frozen=True, slots=True)
+    class Decrement(Op):
+        """Spend ``n`` of the acting replica's rights (refused if short)."""
+
+        n: int = 1
+        FIELDS = ("amount",)
+
+        def apply(self, state: BoundedCounter, ctx: UpdateContext) -> BoundedCounter:
+            return state.decrement(ctx.replica, self.n)
+
+    @dataclass(frozen=True, slots=True)
+    class Transfer(Op):
+        """Move ``n`` of the acting replica's rights to replica ``to``."""
+
+        to: str
+        n: int
+        FIELDS = ("replica", "amount")
+
+        def apply(self, state: BoundedCounter, ctx: UpdateContext) -> BoundedCounter:
+            return state.transfer(ctx.replica, self.to, self.n)
+
+    OPS = (Increment, Decrement, Transfer)
 
     def __init__(self, lower: int = 0) -> None:
         if type(lower) is not int or not INT_MIN <= lower <= INT_MAX:

@@ -8,10 +8,11 @@ observed a later disable of that enable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._wire import Reader, check_replica
-from crdtcoord.types._base import wire_type
+from crdtcoord.types._base import Op, UpdateContext, wire_type
 from crdtcoord.types._dotstore import DotStore
 
 __all__ = ["EWFlag"]
@@ -23,6 +24,22 @@ class EWFlag(DotStore[None]):
 
     __slots__ = ()
     SUPERSEDES_IN_MAP = True
+
+    @dataclass(frozen=True, slots=True)
+    class Enable(Op):
+        """Enable the flag (a fresh dot; wins over a concurrent disable)."""
+
+        def apply(self, state: EWFlag, ctx: UpdateContext) -> EWFlag:
+            return state.enable(ctx.replica)
+
+    @dataclass(frozen=True, slots=True)
+    class Disable(Op):
+        """Disable the flag as observed by the acting replica."""
+
+        def apply(self, state: EWFlag, ctx: UpdateContext) -> EWFlag:
+            return state.disable(ctx.replica)
+
+    OPS = (Enable, Disable)
 
     def value(self) -> bool:
         return bool(self._dots)

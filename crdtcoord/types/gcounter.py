@@ -8,11 +8,12 @@ Metadata is one integer per replica that ever incremented.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._exceptions import InvalidArgument
 from crdtcoord._wire import INT_MAX, Reader, check_amount, check_replica
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["GCounter"]
 
@@ -55,6 +56,18 @@ class GCounter(CRDTBase):
 
     __slots__ = ("_c", "_total")
     CHAIN_ACTOR_IN_MAP = True
+
+    @dataclass(frozen=True, slots=True)
+    class Increment(Op):
+        """Add ``n >= 0``."""
+
+        n: int = 1
+        FIELDS = ("amount",)
+
+        def apply(self, state: GCounter, ctx: UpdateContext) -> GCounter:
+            return state.increment(ctx.replica, self.n)
+
+    OPS = (Increment,)
 
     def __init__(self) -> None:
         self._c: dict[str, int] = {}

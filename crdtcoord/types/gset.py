@@ -7,10 +7,11 @@ subset of the current set. No metadata beyond the elements themselves.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._wire import Element, Reader, check_element, check_replica, element_key
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["GSet"]
 
@@ -20,6 +21,18 @@ class GSet(CRDTBase):
     """A grow-only set of elements (``None``, ``int``, ``str``, ``bytes``, tuples of those)."""
 
     __slots__ = ("_s",)
+
+    @dataclass(frozen=True, slots=True)
+    class Add(Op):
+        """Add ``element``."""
+
+        element: Element
+        FIELDS = ("element",)
+
+        def apply(self, state: GSet, ctx: UpdateContext) -> GSet:
+            return state.add(ctx.replica, self.element)
+
+    OPS = (Add,)
 
     def __init__(self) -> None:
         self._s: set[Element] = set()

@@ -20,12 +20,13 @@ timestamps) and ``granted_by`` (the replica that wrote it) — and merge keeps t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
 from crdtcoord._exceptions import CrdtError, InvalidArgument, LeaseHeld
 from crdtcoord._wire import INT_MAX, Reader, check_amount, check_replica
 from crdtcoord.clocks.hlc import Timestamp
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["Lease", "LeaseInfo", "NotLeaseHolder"]
 
@@ -62,6 +63,18 @@ def _check_ttl(ttl_ms: object) -> int:
     return check_amount(ttl_ms, "ttl_ms", allow_zero=False)
 
 
+def _check_now(now: object) -> Timestamp:
+    if type(now) is not Timestamp:
+        raise InvalidArgument(f"now must be an HLC Timestamp, got {type(now).__name__}")
+    return now
+
+
+def _stamp(state: Lease, ctx: UpdateContext) -> Timestamp:
+    """The op's time: after the grant this replica has seen (as the engine's clock would be)."""
+    rec = state.value()
+    return ctx.stamp_after(rec.granted_at if rec is not None else None)
+
+
 @wire_type(tag=10)
 class Lease(CRDTBase):
     """A replicated lease record; see the module documentation for what it does and does not
@@ -70,6 +83,55 @@ class Lease(CRDTBase):
     __slots__ = ("_rec",)
     #: A key removed and re-created would restart the fencing token: leases are top-level keys.
     ALLOWED_IN_MAP = False
+    #: Two concurrent grants to different holders must be escalated (see :meth:`conflicts`).
+    CRITICAL_BY_DEFAULT = True
+
+    @dataclass(frozen=True, slots=True)
+    class Acquire(Op):
+        """Grant to ``holder`` for ``ttl_ms`` (renew if it already holds it)."""
+
+        holder: str
+        ttl_ms: int
+        FIELDS = ("holder", "ttl")
+
+        def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
+            return state.acquire(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
+
+    @dataclass(frozen=True, slots=True)
+    class Renew(Op):
+        """Extend ``holder``'s unexpired grant to now + ``ttl_ms``."""
+
+        holder: str
+        ttl_ms: int
+        FIELDS = ("holder", "ttl")
+
+        def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
+            return state.renew(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
+
+    @dataclass(frozen=True, slots=True)
+    class Release(Op):
+        """Give the lease up (``holder`` must hold it)."""
+
+        holder: str
+        FIELDS = ("holder",)
+
+        def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
+            return state.release(ctx.replica, self.holder, _stamp(state, ctx))
+
+    @dataclass(frozen=True, slots=True)
+    class Force(Op):
+        """Write a decision that dominates every claim seen (``holder=None`` revokes)."""
+
+        holder: str | None
+        ttl_ms: int
+        min_token: int = 0
+        FIELDS = ("holder?", "ttl", "amount")
+
+        def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
+            now = _stamp(state, ctx)
+            return state.force(ctx.replica, self.holder, now, self.ttl_ms, min_token=self.min_token)
+
+    OPS = (Acquire, Renew, Release, Force)
 
     def __init__(self) -> None:
         self._rec: LeaseInfo | None = None
@@ -151,6 +213,7 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
+        now = _check_now(now)
         rec = self._rec
         if rec is not None and rec.held_at(now):
             if rec.holder != holder:
@@ -170,6 +233,7 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
+        now = _check_now(now)
         rec = self._rec
         if rec is None or rec.holder != holder:
             raise NotLeaseHolder(f"{holder!r} does not hold this lease")
@@ -184,6 +248,7 @@ class Lease(CRDTBase):
         """Give the lease up (same token, next epoch: beats any concurrent renewal)."""
         check_replica(replica)
         holder = _check_holder(holder)
+        now = _check_now(now)
         rec = self._rec
         if rec is None or rec.holder != holder:
             raise NotLeaseHolder(f"{holder!r} does not hold this lease")
@@ -202,6 +267,7 @@ class Lease(CRDTBase):
         if holder is not None:
             holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
+        now = _check_now(now)
         check_amount(min_token, "min_token")
         expiry = now.plus(ttl) if holder is not None else now
         return self._write(

@@ -13,12 +13,13 @@ shows an older write. Metadata: one timestamp and one replica id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._exceptions import InvalidArgument
 from crdtcoord._wire import Reader, Value, check_replica, pack_value, unpack_value
 from crdtcoord.clocks.hlc import HLC, Timestamp
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["LWWRegister"]
 
@@ -29,6 +30,21 @@ class LWWRegister(CRDTBase):
 
     __slots__ = ("_blob", "_replica", "_ts")
     SUPERSEDES_IN_MAP = True
+
+    @dataclass(frozen=True, slots=True)
+    class Assign(Op):
+        """Write ``value``, stamped by the context's HLC after the current write."""
+
+        value: Value
+        FIELDS = ("value",)
+
+        def apply(self, state: LWWRegister, ctx: UpdateContext) -> LWWRegister:
+            if ctx.hlc is None:
+                ctx.now()  # raises: an LWW write needs a clock
+            assert ctx.hlc is not None
+            return state.assign(ctx.replica, self.value, ctx.hlc)
+
+    OPS = (Assign,)
 
     def __init__(self) -> None:
         self._ts: Timestamp | None = None

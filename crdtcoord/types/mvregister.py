@@ -9,10 +9,11 @@ by writing again. Guarantees: no write is silently dropped in favour of another 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._wire import Reader, Value, check_replica, pack_value, unpack_value
-from crdtcoord.types._base import wire_type
+from crdtcoord.types._base import Op, UpdateContext, wire_type
 from crdtcoord.types._dotstore import DotStore
 
 __all__ = ["MVRegister"]
@@ -24,6 +25,18 @@ class MVRegister(DotStore[bytes]):
 
     __slots__ = ()
     SUPERSEDES_IN_MAP = True
+
+    @dataclass(frozen=True, slots=True)
+    class Assign(Op):
+        """Write ``value``, superseding every value the acting replica has observed."""
+
+        value: Value
+        FIELDS = ("value",)
+
+        def apply(self, state: MVRegister, ctx: UpdateContext) -> MVRegister:
+            return state.assign(ctx.replica, self.value)
+
+    OPS = (Assign,)
 
     def value(self) -> tuple[Value, ...]:
         blobs = sorted({b for d in self._dots.values() for b in d.values()})

@@ -12,14 +12,14 @@ replica applied to the key, joined with the new nested delta) and covers only th
 previous dot — so deltas stay as small as this replica's share, and a key holds at most one
 nested value per replica that wrote it.
 
-**Nested identities.** ``fn(value, actor)`` must use ``actor`` as the replica id of its nested
-mutations. The map chooses it so that a key removed and re-created never reuses an identity that
-stale replicas still hold: dot-based values (sets, flags, multi-value registers, maps) share the
-map's per-replica sequence numbers (one counter for map and nested dots, recorded in the map's
-causal context, which survives removals); counters act under a per-*chain* id
-(``replica~chain``) that is new whenever this replica re-creates the key. Bounded counters and
-leases are refused as values (escrow rights and fencing tokens must not restart with a key):
-keep them at top-level keys.
+**Nested identities.** ``fn(value, ctx)`` must use ``ctx.replica`` as the replica id of its
+nested mutations. The map chooses it so that a key removed and re-created never reuses an
+identity that stale replicas still hold: dot-based values (sets, flags, multi-value registers,
+maps) share the map's per-replica sequence numbers (one counter for map and nested dots,
+recorded in the map's causal context, which survives removals); counters act under a
+per-*chain* id (``replica~chain``) that is new whenever this replica re-creates the key.
+Bounded counters and leases are refused as values (escrow rights and fencing tokens must not
+restart with a key): keep them at top-level keys.
 
 **Remove semantics** (observed-remove with reset):
 
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
@@ -51,10 +52,16 @@ from crdtcoord._wire import (
     Element,
     Reader,
     check_element,
-    check_replica,
     element_key,
 )
-from crdtcoord.types._base import CRDTBase, read_crdt, wire_type
+from crdtcoord.types._base import (
+    CRDTBase,
+    Op,
+    UpdateContext,
+    as_context,
+    read_crdt,
+    wire_type,
+)
 from crdtcoord.types._dotstore import DotStore
 
 __all__ = ["ORMap"]
@@ -98,6 +105,37 @@ class ORMap(DotStore[Slot]):
     """A map ``key -> nested CRDT`` with observed-remove keys; see the module documentation."""
 
     __slots__ = ("_keys", "_view")
+
+    @dataclass(frozen=True, slots=True)
+    class Update(Op):
+        """Apply the nested ``op`` to ``key`` (created as the op's type if absent)."""
+
+        key: Element
+        op: Op
+        FIELDS = ("key", "op")
+
+        def __post_init__(self) -> None:
+            Op.__post_init__(self)
+            kind = getattr(type(self.op), "TYPE", None)
+            if kind is None or not kind.ALLOWED_IN_MAP:
+                raise InvalidArgument(
+                    f"{type(self.op).__qualname__} is not an op of a type an ORMap can hold"
+                )
+
+        def apply(self, state: ORMap, ctx: UpdateContext) -> ORMap:
+            return state._update(ctx, self.key, self.op.TYPE, self.op.apply, verify=False)
+
+    @dataclass(frozen=True, slots=True)
+    class Remove(Op):
+        """Remove ``key`` as observed by the acting replica."""
+
+        key: Element
+        FIELDS = ("key",)
+
+        def apply(self, state: ORMap, ctx: UpdateContext) -> ORMap:
+            return state.remove(ctx, self.key)
+
+    OPS = (Update, Remove)
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,20 +249,43 @@ class ORMap(DotStore[Slot]):
 
     def update(
         self,
-        replica: str,
+        ctx: UpdateContext | str,
         key: Element,
         factory: type[V] | Callable[[], V],
-        fn: Callable[[V, str], V],
+        fn: Callable[[V, UpdateContext], V],
     ) -> ORMap:
         """Apply a nested mutation to ``key``, creating it with ``factory()`` if absent.
 
-        ``fn(value, actor)`` mutates the nested CRDT with the usual mutators, **using ``actor``
-        as their replica id**, and returns the nested delta (what those mutators return), e.g.
-        ``m.update("a", "hits", GCounter, lambda c, actor: c.increment(actor, 3))``.
-        If ``fn`` raises, the map is unchanged and the exception propagates.
+        ``fn(value, ctx)`` mutates the nested CRDT with the usual mutators, **using
+        ``ctx.replica`` as their replica id** (the nested actor the map chose; ``ctx.hlc`` is the
+        caller's clock), and returns the nested delta — the join of the deltas of everything it
+        applied — e.g. ``m.update("a", "hits", GCounter, lambda c, ctx: c.increment(ctx.replica,
+        3))``. ``ctx`` is the acting replica id or an :class:`UpdateContext` (with a clock, for
+        time-dependent values such as LWW registers).
+
+        ``fn`` runs on a scratch copy of the value: if it changed more than the delta it returned
+        accounts for (say, two mutations and only the last delta), the update is refused with
+        :class:`InvalidArgument`, so a replica never shows what it would not ship. If ``fn``
+        raises, the map is unchanged and the exception propagates. :meth:`apply` with
+        :class:`ORMap.Update` ops needs no scratch copy.
         """
-        check_replica(replica)
+        if not callable(fn):
+            raise InvalidArgument(f"fn must be callable, got {type(fn).__name__}")
+        return self._update(as_context(ctx), key, factory, fn, verify=True)
+
+    def _update(
+        self,
+        ctx: UpdateContext,
+        key: Element,
+        factory: Any,
+        fn: Callable[[Any, UpdateContext], CRDTBase],
+        *,
+        verify: bool,
+    ) -> ORMap:
+        replica = ctx.replica
         key = check_element(key)
+        if not callable(factory):
+            raise InvalidArgument(f"factory must be a CRDT type or callable, got {factory!r}")
         proto = factory()
         if not isinstance(proto, CRDTBase):
             raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
@@ -252,12 +313,21 @@ class ORMap(DotStore[Slot]):
             if isinstance(view, DotStore):
                 view._prime(replica, base)
         try:
-            inner = fn(view, actor)  # type: ignore[arg-type]
+            target = view.copy() if verify else view
+            inner = fn(target, ctx.nested(actor))
             if type(inner) is not type(view) or _rank(inner) != rank:
                 raise InvalidArgument(
                     f"fn must return the delta of its nested mutation (a {type(view).__name__}),"
                     f" got {type(inner).__name__}"
                 )
+            if verify:
+                view.merge(inner)
+                if view != target:
+                    raise InvalidArgument(
+                        f"fn changed the value at {key!r} beyond the delta it returned; return "
+                        "the join of the deltas of all its mutations (d = m1(...); "
+                        "d.merge(m2(...)); return d), or use ORMap.Update ops"
+                    )
             if isinstance(view, ORMap) and 1 + _nesting(view) > MAX_NESTING:
                 raise InvalidArgument(f"ORMaps nest at most {MAX_NESTING} deep")
         except BaseException:
@@ -294,9 +364,9 @@ class ORMap(DotStore[Slot]):
         self._view[key] = view  # exact: the old join plus the nested delta
         return delta
 
-    def remove(self, replica: str, key: Element) -> ORMap:
+    def remove(self, replica: str | UpdateContext, key: Element) -> ORMap:
         """Remove ``key`` as observed here (a concurrent update elsewhere survives)."""
-        check_replica(replica)
+        replica = as_context(replica).replica
         key = check_element(key)
         delta = ORMap()
         for dr, dn in self._keys.get(key, {}):

@@ -15,10 +15,11 @@ remove) into a set of any size costs O(size of the delta).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._wire import INT_MAX, Element, Reader, check_element, check_replica, element_key
-from crdtcoord.types._base import wire_type
+from crdtcoord.types._base import Op, UpdateContext, wire_type
 from crdtcoord.types._dotstore import DotStore
 
 __all__ = ["ORSet"]
@@ -29,6 +30,35 @@ class ORSet(DotStore[Element]):
     """An add-wins observed-remove set; ``add``/``remove``/``clear`` return their delta."""
 
     __slots__ = ("_elems",)
+
+    @dataclass(frozen=True, slots=True)
+    class Add(Op):
+        """Add ``element`` with a fresh dot (supersedes its older dots)."""
+
+        element: Element
+        FIELDS = ("element",)
+
+        def apply(self, state: ORSet, ctx: UpdateContext) -> ORSet:
+            return state.add(ctx.replica, self.element)
+
+    @dataclass(frozen=True, slots=True)
+    class Remove(Op):
+        """Remove ``element`` as observed by the acting replica."""
+
+        element: Element
+        FIELDS = ("element",)
+
+        def apply(self, state: ORSet, ctx: UpdateContext) -> ORSet:
+            return state.remove(ctx.replica, self.element)
+
+    @dataclass(frozen=True, slots=True)
+    class Clear(Op):
+        """Remove every element observed by the acting replica."""
+
+        def apply(self, state: ORSet, ctx: UpdateContext) -> ORSet:
+            return state.clear(ctx.replica)
+
+    OPS = (Add, Remove, Clear)
 
     def __init__(self) -> None:
         super().__init__()

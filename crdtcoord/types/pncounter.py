@@ -7,10 +7,11 @@ the value from going negative (use :class:`BoundedCounter` for a floor).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Self
 
 from crdtcoord._wire import Reader, check_amount, check_replica
-from crdtcoord.types._base import CRDTBase, wire_type
+from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 from crdtcoord.types.gcounter import _bump, _entries_wire, _join_max, _read_entries
 
 __all__ = ["PNCounter"]
@@ -22,6 +23,28 @@ class PNCounter(CRDTBase):
 
     __slots__ = ("_n", "_p", "_value")
     CHAIN_ACTOR_IN_MAP = True
+
+    @dataclass(frozen=True, slots=True)
+    class Increment(Op):
+        """Add ``n >= 0``."""
+
+        n: int = 1
+        FIELDS = ("amount",)
+
+        def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
+            return state.increment(ctx.replica, self.n)
+
+    @dataclass(frozen=True, slots=True)
+    class Decrement(Op):
+        """Subtract ``n >= 0``."""
+
+        n: int = 1
+        FIELDS = ("amount",)
+
+        def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
+            return state.decrement(ctx.replica, self.n)
+
+    OPS = (Increment, Decrement)
 
     def __init__(self) -> None:
         self._p: dict[str, int] = {}

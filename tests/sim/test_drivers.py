@@ -20,7 +20,7 @@ SCRIPT: list[tuple[str, str, Any, Any]] = [
         "b",
         "cfg",
         ORMap,
-        lambda m, ctx: m.update(ctx.replica, "k", GCounter, lambda g, a: g.increment(a, 1)),
+        lambda m, ctx: m.update(ctx, "k", GCounter, lambda g, c: g.increment(c.replica, 1)),
     ),
     ("c", "set", ORSet, lambda s, ctx: s.remove(ctx.replica, "x")),
 ]

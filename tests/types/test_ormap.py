@@ -23,10 +23,11 @@ from crdtcoord import (
     decode,
     encode,
 )
+from crdtcoord.types import UpdateContext
 
 
-def inc(n: int = 1) -> Callable[[Any, str], Any]:
-    return lambda c, actor: c.increment(actor, n)
+def inc(n: int = 1) -> Callable[[Any, UpdateContext], Any]:
+    return lambda c, ctx: c.increment(ctx.replica, n)
 
 
 def test_nested_counters_merge() -> None:
@@ -42,7 +43,7 @@ def test_nested_counters_merge() -> None:
 def test_update_deltas_are_small_and_equivalent() -> None:
     a, b = ORMap(), ORMap()
     for i in range(50):
-        b.merge(a.update("a", "set", ORSet, lambda s, actor, i=i: s.add(actor, i)))
+        b.merge(a.update("a", "set", ORSet, lambda s, ctx, i=i: s.add(ctx.replica, i)))
     d = a.update("a", "hits", GCounter, inc())
     assert len(encode(d)) < 60
     b.merge(d)
@@ -78,7 +79,7 @@ def test_lww_values_supersede_in_one_dot() -> None:
     m = ORMap()
     for i, r in enumerate("abcab"):
         m.update(
-            r, "cfg", LWWRegister, lambda v, actor, i=i: v.assign(actor, i, Timestamp(100 + i))
+            r, "cfg", LWWRegister, lambda v, ctx, i=i: v.assign(ctx.replica, i, Timestamp(100 + i))
         )
     assert m.value() == {"cfg": 4}
     assert m.stats()["dots"] == 1
@@ -87,7 +88,7 @@ def test_lww_values_supersede_in_one_dot() -> None:
 def test_type_conflict_resolves_deterministically() -> None:
     a, b = ORMap(), ORMap()
     a.update("a", "k", GCounter, inc())
-    b.update("b", "k", ORSet, lambda s, actor: s.add(actor, "x"))
+    b.update("b", "k", ORSet, lambda s, ctx: s.add(ctx.replica, "x"))
     x, y = a.copy(), b.copy()
     x.merge(b)
     y.merge(a)
@@ -104,15 +105,15 @@ def test_failing_update_changes_nothing() -> None:
     m.update("a", "k", GCounter, inc(2))
     before = m.copy()
 
-    def boom(c: GCounter, actor: str) -> GCounter:
-        c.increment(actor, 5)
+    def boom(c: GCounter, ctx: UpdateContext) -> GCounter:
+        c.increment(ctx.replica, 5)
         raise RuntimeError("application error")
 
     with pytest.raises(RuntimeError):
         m.update("a", "k", GCounter, boom)
     assert m == before and m.value() == {"k": 2}
     with pytest.raises(InvalidArgument):
-        m.update("a", "k", GCounter, lambda c, actor: None)  # type: ignore[arg-type, return-value]
+        m.update("a", "k", GCounter, lambda c, ctx: None)  # type: ignore[arg-type, return-value]
     assert m == before and m.value() == {"k": 2}
 
 
@@ -122,7 +123,7 @@ def test_nested_maps_and_get_returns_a_copy() -> None:
         "a",
         "outer",
         ORMap,
-        lambda inner, actor: inner.update(actor, ("x", 1), GCounter, inc(2)),
+        lambda inner, ctx: inner.update(ctx, ("x", 1), GCounter, inc(2)),
     )
     assert m.value() == {"outer": {("x", 1): 2}}
     got = m.get("outer")
@@ -152,20 +153,23 @@ def test_recreated_key_never_reuses_nested_dots() -> None:
     dots at (A, 1), so a concurrent replica's context swallowed the new adds/enables/writes."""
     got = _recreate(
         ORSet,
-        lambda s, a: s.add(a, "x"),
-        lambda s, a: s.add(a, "y"),
-        lambda s, a: s.remove(a, "x"),
+        lambda s, ctx: s.add(ctx.replica, "x"),
+        lambda s, ctx: s.add(ctx.replica, "y"),
+        lambda s, ctx: s.remove(ctx.replica, "x"),
     )
     assert got[0] == {"k": frozenset({"y"})}
     got = _recreate(
-        EWFlag, lambda f, a: f.enable(a), lambda f, a: f.enable(a), lambda f, a: f.disable(a)
+        EWFlag,
+        lambda f, ctx: f.enable(ctx.replica),
+        lambda f, ctx: f.enable(ctx.replica),
+        lambda f, ctx: f.disable(ctx.replica),
     )
     assert got[0] == {"k": True}
     got = _recreate(
         MVRegister,
-        lambda r, a: r.assign(a, "old"),
-        lambda r, a: r.assign(a, "new-A"),
-        lambda r, a: r.assign(a, "new-B"),
+        lambda r, ctx: r.assign(ctx.replica, "old"),
+        lambda r, ctx: r.assign(ctx.replica, "new-A"),
+        lambda r, ctx: r.assign(ctx.replica, "new-B"),
     )
     assert got[0] == {"k": ("new-A", "new-B")}
 
@@ -184,17 +188,17 @@ def test_recreated_counter_starts_a_new_chain() -> None:
 def test_escrow_and_leases_are_top_level_only(kind: type) -> None:
     m = ORMap()
     with pytest.raises(InvalidArgument, match="top-level key"):
-        m.update("a", "k", kind, lambda v, a: v)
+        m.update("a", "k", kind, lambda v, ctx: v)
     assert m.is_bottom()
 
 
 def test_map_nesting_is_bounded_like_the_decoder() -> None:
     def nested(depth: int) -> ORMap:
-        def fn_at(level: int) -> Callable[[Any, str], Any]:
+        def fn_at(level: int) -> Callable[[Any, UpdateContext], Any]:
             if level == depth:
                 return inc(1)
-            return lambda m, a: m.update(
-                a, "k", ORMap if level + 1 < depth else GCounter, fn_at(level + 1)
+            return lambda m, ctx: m.update(
+                ctx, "k", ORMap if level + 1 < depth else GCounter, fn_at(level + 1)
             )
 
         top = ORMap()
