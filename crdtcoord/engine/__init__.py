@@ -14,15 +14,11 @@ from crdtcoord.engine.effects import (
     Send,
     WriteDone,
 )
-from crdtcoord.engine.messages import (
-    FANOUT,
-    LEAF_MAX,
-    MAX_LEVEL,
-    PROTOCOL_VERSION,
-    Kind,
-    ProtocolError,
-)
-from crdtcoord.engine.replica import MEMBERS_KEY, Engine
+from crdtcoord.engine.engine import Engine
+from crdtcoord.engine.membership import MEMBERS_KEY
+from crdtcoord.engine.messages import PROTOCOL_VERSION, Kind, ProtocolError
+from crdtcoord.engine.propagation import PeerStream
+from crdtcoord.engine.tree import FANOUT, LEAF_MAX, MAX_LEVEL
 from crdtcoord.types import UpdateContext
 
 __all__ = [
@@ -45,6 +41,7 @@ __all__ = [
     "Kind",
     "OpFailed",
     "PeerRepair",
+    "PeerStream",
     "Persist",
     "ProtocolError",
     "ReadDone",

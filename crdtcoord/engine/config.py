@@ -67,6 +67,11 @@ class EngineConfig:
     delta_fanout: int | None = None
     #: Re-push received deltas that inflated the local state (never back to their sender).
     forward_deltas: bool = True
+    #: Re-push states received by anti-entropy that inflated the local state (so one repair
+    #: across a healed partition spreads to the rest of each side by delta propagation).
+    forward_repairs: bool = True
+    #: A resend to a silent peer larger than this goes to anti-entropy (root probe first).
+    probe_bytes: int = 2048
     #: Resend unacknowledged deltas after this long.
     retransmit_after: float = 0.5
     #: Delta-buffer entries kept for slow peers; a peer behind that gets an anti-entropy repair.

@@ -44,12 +44,15 @@ class Persist:
 
     ``replace`` means the key changed type (a concurrent creation with a larger type rank won):
     store ``delta`` as the key's whole state instead of joining it. ``vv`` is the key's version
-    vector after the change, for critical keys (persist it with the state)."""
+    vector after the change, for critical keys (persist it with the state). ``op_id``: the
+    update carried this operation id; store it in the same write (idempotent retries must be
+    remembered exactly when their effect is)."""
 
     key: str
     delta: CRDTBase
     vv: VersionVector | None = None
     replace: bool = False
+    op_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +126,9 @@ class Escalation:
 
 @dataclass(frozen=True, slots=True)
 class PeerRepair:
-    """A peer fell too far behind the delta buffer: it will be repaired by anti-entropy."""
+    """A peer is handed to anti-entropy: ``behind`` (it fell behind the delta buffer, or
+    restarted without its state) or ``probe`` (it went silent with a large backlog: a root
+    probe first, the descent only if it is not in sync)."""
 
     peer: str
     reason: str = field(default="behind")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from crdtcoord.codec import encode
-from crdtcoord.engine import Engine, EngineConfig
+from crdtcoord.engine import EngineConfig, Persist
+from crdtcoord.host import MemoryStorage, Storage
 from crdtcoord.sim.network import Constant, LinkConfig, NetworkConfig, Uniform
 from crdtcoord.sim.simulation import Simulation
 from crdtcoord.types import CRDTBase, GCounter
@@ -26,6 +27,7 @@ __all__ = [
     "Mode",
     "convergence_rows",
     "partition_heal",
+    "preloaded",
     "reference_formula",
     "repair_bytes",
     "rounds_to_converge",
@@ -130,6 +132,14 @@ def _store(keys: int) -> dict[str, CRDTBase]:
     return out
 
 
+def preloaded(node: str, states: dict[str, CRDTBase], incarnation: int = 1) -> Storage:
+    """A MemoryStorage that already holds ``states`` for ``node`` (as if it had persisted them)."""
+    st = MemoryStorage()
+    st.create(node, incarnation)
+    st.write([Persist(k, v) for k, v in states.items()])
+    return st
+
+
 def _pair(store: dict[str, CRDTBase], seed: int) -> Simulation:
     cfg = EngineConfig(ae_interval=1.0, ae_jitter=0.0, push_deltas=False, gossip_membership=False)
     sim = Simulation(
@@ -137,11 +147,10 @@ def _pair(store: dict[str, CRDTBase], seed: int) -> Simulation:
         seed=seed,
         config=cfg,
         network=NetworkConfig(LinkConfig(latency=Uniform(0.001, 0.003))),
+        storage=lambda name: preloaded(name, store),
     )
     for name in ("a", "b"):
-        h = sim.nodes[name]
-        h.engine = Engine(name, seeds=sim.names, config=cfg, store=store)
-        h.engine.digest()  # digest the store before measuring
+        sim.engine(name).digest()  # digest the store before measuring
     return sim
 
 
@@ -180,7 +189,7 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
             lambda c, ctx: c.increment(ctx.replica, 1),
         )
     sim.run_until(0.5)
-    sim.nodes["b"].engine._next_ae = None  # one exchange, initiated by a
+    sim.engine("b").stop_anti_entropy()  # one exchange, initiated by a
     start = sim.stats.bytes_sent
     sim.run_until(1.5)
     used = sim.stats.bytes_sent - start

@@ -9,6 +9,10 @@ measures is what production runs.
 Faults: per-link latency distributions, loss, duplication, reordering, partitions and heals,
 crash and restart (keeping or losing the node's state), and per-node clock skew (each node's
 engine sees ``global time + skew``).
+
+Each node runs through a :class:`~crdtcoord.host.Host` over its own storage (a
+:class:`~crdtcoord.host.MemoryStorage` unless given): a crash drops the engine and every message
+in flight to it; a restart builds a new engine from the storage alone.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtcoord._exceptions import InvalidArgument
-from crdtcoord.engine import Effect, Engine, EngineConfig, ProtocolError, Send
-from crdtcoord.engine.effects import Persist
+from crdtcoord.engine import Effect, Engine, EngineConfig, Kind, ProtocolError
+from crdtcoord.host import Host, MemoryStorage, Storage
 from crdtcoord.sim.network import NetworkConfig
 from crdtcoord.types import CRDTBase
 
@@ -51,16 +55,21 @@ class SimStats:
 
 @dataclass
 class NodeHandle:
-    """A simulated node: its engine, clock skew, and liveness."""
+    """A simulated node: its host (engine + storage), clock skew, liveness and events."""
 
     name: str
-    engine: Engine
+    host: Host
+    storage: Storage
     skew: float = 0.0
     up: bool = True
     timer_at: float | None = None
     #: bumped at each crash: messages sent to an earlier epoch are lost with the process
     epoch: int = 0
     events: list[Effect] = field(default_factory=list)
+
+    @property
+    def engine(self) -> Engine:
+        return self.host.engine
 
 
 class Simulation:
@@ -78,7 +87,12 @@ class Simulation:
         record_events: bool = True,
         start: float = 0.0,
         stagger: bool = False,
+        storage: Callable[[str], Storage] | None = None,
+        configs: dict[str, EngineConfig] | None = None,
     ) -> None:
+        """``configs`` overrides the engine config of some nodes. ``storage(name)`` builds each
+        node's storage (default: a MemoryStorage each); a
+        node restarted with ``lose_state`` gets a fresh one."""
         names = tuple(f"n{i:05d}" for i in range(nodes)) if isinstance(nodes, int) else tuple(nodes)
         if len(set(names)) != len(names) or not names:
             raise InvalidArgument("node names must be distinct and at least one")
@@ -96,42 +110,57 @@ class Simulation:
         self._blocked: set[tuple[str, str]] = set()
         self._groups: dict[str, int] | None = None
         self._trace = hashlib.blake2b(digest_size=16)
-        self._incarnations: dict[str, int] = {}
+        self._storage = storage
+        self._configs = dict(configs or {})
+        self._last_incarnation: dict[str, int] = {}
         self.nodes: dict[str, NodeHandle] = {}
         for name in names:
-            eng = self._make_engine(name, 1, None)
             skew = (skews or {}).get(name, 0.0)
-            self.nodes[name] = NodeHandle(name, eng, skew)
-            self._incarnations[name] = 1
+            st = self._new_storage(name)
+            h = NodeHandle(name, None, st, skew)  # type: ignore[arg-type]
+            self.nodes[name] = h
+            self._open(h)
         for i, h in enumerate(self.nodes.values()):
             offset = (i / len(names)) * self.config.ae_interval if stagger else 0.0
             self._start_node(h, start + offset)
 
     # --------------------------------------------------------------------- construction
 
-    def _make_engine(
-        self,
-        name: str,
-        incarnation: int,
-        store: dict[str, CRDTBase] | None,
-        versions: dict[str, Any] | None = None,
-        boot: int = 0,
-    ) -> Engine:
-        rng = random.Random(f"node:{self.seed}:{name}:{incarnation}:{boot}")
-        return Engine(
+    def _new_storage(self, name: str) -> Storage:
+        if self._storage is None:
+            return MemoryStorage(self.config.dedupe_window)
+        return self._storage(name)
+
+    def _wall_ms(self, h: NodeHandle) -> int:
+        """The node's wall clock (ms) at a (re)start; a restart takes at least 1 ms."""
+        ms = max(0, int((self.now + h.skew) * 1000), self._last_incarnation.get(h.name, -1) + 1)
+        self._last_incarnation[h.name] = ms
+        return ms
+
+    def _open(self, h: NodeHandle) -> None:
+        boot = h.epoch
+        rng = random.Random(f"node:{self.seed}:{h.name}:{boot}")
+        name = h.name
+
+        def send(peer: str, data: bytes, kind: Kind) -> None:
+            self._send(name, peer, data)
+
+        sink = h.events.append if self.record_events else None
+        h.host = Host.open(
             name,
-            incarnation=incarnation,
+            h.storage,
+            send,
+            sink,
+            wall_ms=self._wall_ms(h),
             seeds=self.names,
-            config=self.config,
+            config=self._configs.get(name, self.config),
             rng=rng,
-            store=store,
-            versions=versions,
-            stream_id=rng.getrandbits(62),  # deterministic, and new at every boot
+            process_id=rng.getrandbits(62),  # deterministic, and new at every boot
         )
 
     def _start_node(self, h: NodeHandle, at: float) -> None:
         def go() -> None:
-            h.engine.start(self.now + h.skew)
+            h.host.start(self.now + h.skew)
             self._after_input(h)
 
         self.schedule(at, go)
@@ -193,15 +222,8 @@ class Simulation:
         return self.now + h.skew
 
     def _after_input(self, h: NodeHandle) -> None:
-        eng = h.engine
-        for eff in eng.poll():
-            if isinstance(eff, Send):
-                self._send(h.name, eff)
-            elif isinstance(eff, Persist):
-                pass  # the engine's store is the simulated disk: crash() snapshots it
-            elif self.record_events:
-                h.events.append(eff)
-        d = eng.next_deadline()
+        """The host ran the effects; schedule the node's next timer."""
+        d = h.host.next_deadline()
         if d is None:
             h.timer_at = None
             return
@@ -218,20 +240,19 @@ class Simulation:
         if not h.up or h.timer_at != at:
             return  # stale timer
         h.timer_at = None
-        h.engine.tick(self._local(h))
+        h.host.tick(self._local(h))
         self._after_input(h)
 
-    def _send(self, src: str, eff: Send) -> None:
+    def _send(self, src: str, dst: str, data: bytes) -> None:
         st = self.stats
-        size = len(eff.data)
+        size = len(data)
         st.messages_sent += 1
         st.bytes_sent += size
         r = int(self.now // self.round_length)
         st.bytes_by_round[r] = st.bytes_by_round.get(r, 0) + size
         st.messages_by_round[r] = st.messages_by_round.get(r, 0) + 1
-        self._trace.update(f"{self.now:.9f}|{src}>{eff.peer}|".encode())
-        self._trace.update(eff.data)
-        dst = eff.peer
+        self._trace.update(f"{self.now:.9f}|{src}>{dst}|".encode())
+        self._trace.update(data)
         if dst not in self.nodes or not self._reachable(src, dst):
             st.messages_dropped += 1
             return
@@ -248,7 +269,7 @@ class Simulation:
             delay = link.latency.sample(rng)
             if link.reorder and rng.random() < link.reorder:
                 delay += link.reorder_delay
-            self._push(self.now + delay, _DELIVER, (src, dst, eff.data, epoch))
+            self._push(self.now + delay, _DELIVER, (src, dst, data, epoch))
 
     def _reachable(self, a: str, b: str) -> bool:
         if (a, b) in self._blocked:
@@ -263,7 +284,7 @@ class Simulation:
             return
         self.stats.messages_delivered += 1
         try:
-            h.engine.receive(data, self._local(h))
+            h.host.receive(data, self._local(h))
         except ProtocolError:
             self.stats.rejected += 1
         self._after_input(h)
@@ -277,17 +298,19 @@ class Simulation:
         h = self.nodes[node]
         if not h.up:
             raise InvalidArgument(f"node {node} is down")
-        op = h.engine.update(key, factory, fn, self._local(h), **kw)
-        self._after_input(h)
-        return op
+        try:
+            return h.host.update(key, factory, fn, self._local(h), **kw)
+        finally:
+            self._after_input(h)
 
     def read(self, node: str, key: str, **kw: Any) -> int:
         h = self.nodes[node]
         if not h.up:
             raise InvalidArgument(f"node {node} is down")
-        op = h.engine.read(key, self._local(h), **kw)
-        self._after_input(h)
-        return op
+        try:
+            return h.host.read(key, self._local(h), **kw)
+        finally:
+            self._after_input(h)
 
     def inject(self, src: str, dst: str, data: bytes) -> None:
         """Deliver raw bytes to ``dst`` as if ``src`` had sent them (for hostile-input tests)."""
@@ -320,27 +343,39 @@ class Simulation:
         h.epoch += 1
 
     def restart(self, node: str, *, lose_state: bool = False) -> None:
-        """Bring ``node`` back. Keeping its state: same incarnation, durable store intact, delta
-        buffers and acks lost. Losing it: an empty store under a new incarnation."""
+        """Bring ``node`` back from its storage: same incarnation and everything it persisted;
+        delta buffers, acks and pending requests are gone with the process. ``lose_state``
+        wipes the storage first: the node comes back empty under a new incarnation."""
         h = self.nodes[node]
         if h.up:
             raise InvalidArgument(f"node {node} is up")
-        versions = None
         if lose_state:
-            self._incarnations[node] += 1
-            store = None
-        else:
-            store = h.engine.durable_state()
-            versions = h.engine.durable_versions()
-        h.engine = self._make_engine(node, self._incarnations[node], store, versions, h.epoch)
+            h.storage = self._new_storage(node)
+        self._open(h)
         h.up = True
-        h.engine.start(self._local(h))
+        h.host.start(self._local(h))
         self._after_input(h)
+
+    def leave(self, node: str) -> None:
+        """Graceful shutdown: the node announces LEAVE, then stops (restart brings it back)."""
+        h = self.nodes[node]
+        h.host.leave(self._local(h))
+        self.crash(node)
 
     # --------------------------------------------------------------------- observation
 
     def live(self) -> list[str]:
         return [n for n, h in self.nodes.items() if h.up]
+
+    def value(self, node: str, key: str) -> Any:
+        """The value of ``key`` at ``node`` as that node sees it now (None if absent)."""
+        return self.nodes[node].engine.value(key)
+
+    def events(self, node: str, kind: type[Any] | None = None) -> list[Effect]:
+        """Events the node reported so far (of one class, if given); ``record_events`` must be
+        on. A copy: reading it drains nothing."""
+        evs = self.nodes[node].events
+        return [e for e in evs if kind is None or isinstance(e, kind)]
 
     def digests(self, nodes: Iterable[str] | None = None) -> dict[str, bytes]:
         return {n: self.nodes[n].engine.digest() for n in (nodes or self.live())}

@@ -1,11 +1,16 @@
 """A hand-driven cluster of engines: every message waits in a visible queue until a test delivers,
 drops or duplicates it. This is what Hypothesis' stateful tests drive (the simulator, which
 schedules deliveries itself, is for experiments).
+
+Each node is a :class:`~crdtcoord.host.Host` over a :class:`~crdtcoord.host.MemoryStorage`: a
+crash drops the host, a restart builds a new engine from the storage alone (what the ``Persist``
+effects wrote), and ``lose_state`` wipes the storage so the node comes back under a new
+incarnation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,14 +18,16 @@ from crdtcoord.engine import (
     Effect,
     Engine,
     EngineConfig,
+    Event,
+    Kind,
     Persist,
     ProtocolError,
-    Send,
     WriteDone,
 )
+from crdtcoord.host import Host, MemoryStorage, Storage
 from crdtcoord.types import CRDTBase
 
-__all__ = ["ManualCluster", "Message"]
+__all__ = ["ManualCluster", "Message", "RecordingStorage"]
 
 
 @dataclass(frozen=True)
@@ -31,20 +38,34 @@ class Message:
     kind: str
 
 
+class RecordingStorage(MemoryStorage):
+    """A MemoryStorage that also keeps every Persist it was given (for assertions)."""
+
+    def __init__(self, op_window: int = 10_000) -> None:
+        super().__init__(op_window)
+        self.log: list[Persist] = []
+
+    def write(self, batch: Sequence[Persist], meta: dict[str, int] | None = None) -> None:
+        super().write(batch, meta)
+        self.log.extend(batch)
+
+
 @dataclass
 class ManualCluster:
-    """Engines named ``names`` with full seed lists; ``queue`` holds undelivered messages."""
+    """Nodes ``names`` (each seeded with every name unless ``seeds`` says otherwise) whose
+    messages wait in ``queue`` until a test delivers them."""
 
     names: Sequence[str]
     config: EngineConfig = field(default_factory=EngineConfig)
     now: float = 0.0
+    seeds: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: per-node storage factory (default: a RecordingStorage each)
+    storage: Callable[[str], Storage] | None = None
     queue: list[Message] = field(default_factory=list)
-    #: node -> [(incarnation, event)] (op handles restart with each incarnation)
+    #: node -> [(incarnation, event)]
     events: dict[str, list[tuple[int, Effect]]] = field(default_factory=dict)
-    persisted: dict[str, list[Persist]] = field(default_factory=dict)
     groups: dict[str, int] | None = None
     down: set[str] = field(default_factory=set)
-    incarnations: dict[str, int] = field(default_factory=dict)
     rejected: int = 0
     #: every WriteDone: (writer, writer incarnation, op id, {acknowledger: its incarnation})
     acks: list[tuple[str, int, int, dict[str, int]]] = field(default_factory=list)
@@ -52,40 +73,63 @@ class ManualCluster:
 
     def __post_init__(self) -> None:
         self.names = tuple(self.names)
-        self.engines: dict[str, Engine] = {}
+        self.hosts: dict[str, Host] = {}
+        self.storages: dict[str, Storage] = {}
+        self._last_incarnation: dict[str, int] = {}
         for n in self.names:
-            self.incarnations[n] = 1
-            self.engines[n] = self._engine(n, 1)
+            self.storages[n] = self.storage(n) if self.storage else RecordingStorage()
             self.events[n] = []
-            self.persisted[n] = []
-        for n in self.names:
-            self.engines[n].start(self.now)
-            self._collect(n)
+            self._open(n)
 
     # ------------------------------------------------------------------ plumbing
 
-    def _engine(self, n: str, incarnation: int, **kw: Any) -> Engine:
-        self.boots += 1  # deterministic stream ids, distinct at every boot
-        return Engine(
-            n,
-            incarnation=incarnation,
-            seeds=self.names,
-            config=self.config,
-            stream_id=self.boots,
-            **kw,
-        )
+    def _wall_ms(self, node: str) -> int:
+        """The node's wall clock when it (re)starts; a restart takes at least 1 ms."""
+        ms = max(0, int(self.now * 1000), self._last_incarnation.get(node, -1) + 1)
+        self._last_incarnation[node] = ms
+        return ms
 
-    def _collect(self, n: str) -> None:
-        for eff in self.engines[n].poll():
-            if isinstance(eff, Send):
-                self.queue.append(Message(n, eff.peer, eff.data, eff.kind.name))
-            elif isinstance(eff, Persist):
-                self.persisted[n].append(eff)
-            else:
-                self.events[n].append((self.incarnations[n], eff))
-                if isinstance(eff, WriteDone):
-                    who = {p: self.incarnations[p] for p in eff.acked_by if p in self.incarnations}
-                    self.acks.append((n, self.incarnations[n], eff.op_id, who))
+    def _open(self, n: str) -> None:
+        self.boots += 1  # deterministic process ids, distinct at every boot
+
+        def send(peer: str, data: bytes, kind: Kind) -> None:
+            self.queue.append(Message(n, peer, data, kind.name))
+
+        def event(e: Event) -> None:
+            inc = self.hosts[n].engine.incarnation
+            self.events[n].append((inc, e))
+            if isinstance(e, WriteDone):
+                who = {p: self.incarnation(p) for p in e.acked_by if p in self.hosts}
+                self.acks.append((n, inc, e.op_id, who))
+
+        host = Host.open(
+            n,
+            self.storages[n],
+            send,
+            event,
+            wall_ms=self._wall_ms(n),
+            seeds=tuple(self.seeds.get(n, self.names)),
+            config=self.config,
+            process_id=self.boots,
+        )
+        self.hosts[n] = host
+        host.start(self.now)
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """The current engine of every node (read-only view)."""
+        return {n: h.engine for n, h in self.hosts.items()}
+
+    def incarnation(self, node: str) -> int:
+        return self.hosts[node].engine.incarnation
+
+    @property
+    def persisted(self) -> dict[str, list[Persist]]:
+        """Every Persist each node's current storage received (RecordingStorage only)."""
+        return {
+            n: list(st.log) if isinstance(st, RecordingStorage) else []
+            for n, st in self.storages.items()
+        }
 
     def reachable(self, a: str, b: str) -> bool:
         if a in self.down or b in self.down:
@@ -96,11 +140,12 @@ class ManualCluster:
     # ------------------------------------------------------------------ actions
 
     def update(
-        self, node: str, key: str, factory: Any, fn: Callable[..., CRDTBase], **kw: Any
+        self, node: str, key: str, factory: Any, fn: Callable[..., CRDTBase] | Any, **kw: Any
     ) -> int:
-        op = self.engines[node].update(key, factory, fn, self.now, **kw)
-        self._collect(node)
-        return op
+        return self.hosts[node].update(key, factory, fn, self.now, **kw)
+
+    def read(self, node: str, key: str, **kw: Any) -> int:
+        return self.hosts[node].read(key, self.now, **kw)
 
     def deliver(self, i: int, *, keep: bool = False) -> bool:
         """Deliver queued message ``i`` (keep a copy queued with ``keep``: a duplicate).
@@ -109,11 +154,17 @@ class ManualCluster:
         if not self.reachable(m.src, m.dst):
             return False
         try:
-            self.engines[m.dst].receive(m.data, self.now)
+            self.hosts[m.dst].receive(m.data, self.now)
         except ProtocolError:
             self.rejected += 1
-        self._collect(m.dst)
         return True
+
+    def inject(self, dst: str, data: bytes) -> None:
+        """Deliver raw bytes to ``dst`` now (hostile input, or a message saved earlier)."""
+        try:
+            self.hosts[dst].receive(data, self.now)
+        except ProtocolError:
+            self.rejected += 1
 
     def drop(self, i: int) -> None:
         self.queue.pop(i)
@@ -123,8 +174,7 @@ class ManualCluster:
         self.now += dt
         for n in self.names:
             if n not in self.down:
-                self.engines[n].tick(self.now)
-                self._collect(n)
+                self.hosts[n].tick(self.now)
 
     def partition(self, *groups: Iterable[str]) -> None:
         self.groups = {n: i for i, g in enumerate(groups) for n in g}
@@ -133,22 +183,15 @@ class ManualCluster:
         self.groups = None
 
     def crash(self, node: str) -> None:
+        """Stop the node's process: its engine is gone, its storage stays."""
         self.down.add(node)
 
     def restart(self, node: str, *, lose_state: bool = False) -> None:
+        """Start the node again from its storage (wiped first with ``lose_state``)."""
         self.down.discard(node)
-        versions = None
         if lose_state:
-            self.incarnations[node] += 1
-            store = None
-        else:
-            store = self.engines[node].durable_state()
-            versions = self.engines[node].durable_versions()
-        self.engines[node] = self._engine(
-            node, self.incarnations[node], store=store, versions=versions
-        )
-        self.engines[node].start(self.now)
-        self._collect(node)
+            self.storages[node] = self.storage(node) if self.storage else RecordingStorage()
+        self._open(node)
 
     def flush_network(self, max_messages: int = 100_000) -> int:
         """Deliver queued messages (and the ones they cause) until the queue is empty."""
@@ -171,4 +214,4 @@ class ManualCluster:
 
     def converged(self) -> bool:
         live = [n for n in self.names if n not in self.down]
-        return len({self.engines[n].digest() for n in live}) <= 1
+        return len({self.hosts[n].engine.digest() for n in live}) <= 1

@@ -148,7 +148,6 @@ def replication_machine(
     """
     from crdtcoord._exceptions import CrdtError
     from crdtcoord.engine import EngineConfig, at_least
-    from crdtcoord.engine.merkle import DigestIndex
     from crdtcoord.testing.cluster import ManualCluster
     from crdtcoord.types import LWWRegister, ORMap, ORSet, PNCounter
 
@@ -172,7 +171,8 @@ def replication_machine(
             live = [n for n in names if n not in self.cluster.down]
             node = data.draw(st.sampled_from(live))
             kind = key_types[key]
-            op = data.draw(ops(kind, replicas=[f"{n}/1" for n in names]))
+            actors = [self.cluster.engines[n].actor for n in names]
+            op = data.draw(ops(kind, replicas=actors))
             eng = self.cluster.engines[node]
             before = eng.digest()
             captured: list[CRDTBase] = []
@@ -188,9 +188,8 @@ def replication_machine(
                 )
             except CrdtError:
                 assert eng.digest() == before, "a refused update changed the replica"
-                self.cluster.engines[node].poll()
                 return
-            self.updates.append((node, key, captured[0], handle, self.cluster.incarnations[node]))
+            self.updates.append((node, key, captured[0], handle, self.cluster.incarnation(node)))
 
         @precondition(lambda self: self.cluster.queue)
         @rule(data=st.data(), keep=st.booleans())
@@ -225,16 +224,13 @@ def replication_machine(
         def restart(self, data: st.DataObject, lose: bool) -> None:
             node = data.draw(st.sampled_from(sorted(self.cluster.down)))
             if lose:
-                self.lost_state.add((node, self.cluster.incarnations[node]))
+                self.lost_state.add((node, self.cluster.incarnation(node)))
             self.cluster.restart(node, lose_state=lose)
 
         @invariant()
         def digest_index_is_exact(self) -> None:
             for eng in self.cluster.engines.values():
-                fresh = DigestIndex(eng._key_digest)
-                for k in eng._store:
-                    fresh.touch(k)
-                assert fresh.root() == eng.digest(), "incremental digest index drifted"
+                assert eng.recompute_digest() == eng.digest(), "incremental digest index drifted"
 
         def _acked(self) -> set[tuple[str, int, int]]:
             """Writes acknowledged by at least one *other* replica that never lost its state."""
@@ -253,7 +249,7 @@ def replication_machine(
             acked = self._acked()
             final = c.engines[names[0]]
             for node, key, delta, handle, inc in self.updates:
-                state = final._store.get(key)
+                state = final.get(key)
                 survived = (node, inc) not in self.lost_state or (node, inc, handle) in acked
                 if survived:
                     assert state is not None and leq(delta, state), (
@@ -264,11 +260,14 @@ def replication_machine(
                 for _, k, delta, _, _ in self.updates:
                     if k == key:
                         everything.merge(delta)
-                assert leq(final._store[key], everything), f"{key!r} holds data no update produced"
+                state = final.get(key)
+                assert state is not None and leq(state, everything), (
+                    f"{key!r} holds data no update produced"
+                )
                 if not self.lost_state:
                     # nothing was lost to amnesia: the converged state is exactly the merge of
                     # every update ever made
-                    assert final._store[key] == everything, f"{key!r} != the merge of its updates"
+                    assert state == everything, f"{key!r} != the merge of its updates"
 
     Replication.__name__ = "ReplicationMachine"
     return Replication

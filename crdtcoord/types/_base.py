@@ -49,8 +49,10 @@ __all__ = [
     "Op",
     "UpdateContext",
     "as_context",
+    "Summary",
     "read_crdt",
     "read_op",
+    "read_summary",
     "register_type",
     "registered_types",
     "wire_type",
@@ -410,3 +412,36 @@ def read_op(obj: Any, reader: Reader, depth: int = 0) -> Op:
             reader.fail(str(exc))
     finally:
         reader.path.pop()
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A type's causal summary of a state (e.g. a document's state vector), sent in an
+    anti-entropy request so the other side can answer with a delta since it.
+
+    A type offers summaries by defining ``causal_summary(self) -> payload``,
+    ``delta_since(self, payload) -> delta or None`` and the classmethod
+    ``read_summary(payload, reader) -> payload`` (strict validation of a peer's payload).
+    """
+
+    kind: type[CRDTBase]
+    payload: Any
+
+    def to_wire(self) -> list[Any]:
+        return [self.kind.TYPE_TAG, self.payload]
+
+    @staticmethod
+    def of(state: CRDTBase) -> Summary | None:
+        """The summary of ``state``, or None if its type has none."""
+        fn = getattr(state, "causal_summary", None)
+        return None if fn is None else Summary(type(state), fn())
+
+
+def read_summary(obj: Any, reader: Reader) -> Summary:
+    """Validate a peer's ``[type_tag, payload]`` summary with the type's own reader."""
+    tag, payload = reader.arr(obj, "summary", 2)
+    cls = _type_of(tag, reader)
+    read = getattr(cls, "read_summary", None)
+    if read is None:
+        reader.fail(f"{cls.__name__} has no causal summaries")
+    return Summary(cls, read(payload, reader))

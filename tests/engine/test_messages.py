@@ -13,7 +13,24 @@ from hypothesis import strategies as st
 from crdtcoord import GCounter, Limits, ORSet, Timestamp, VersionVector
 from crdtcoord.codec import to_wire
 from crdtcoord.engine import ALL, Engine, EngineConfig, Kind, ProtocolError, Send
-from crdtcoord.engine.messages import PROTOCOL_VERSION, decode_message, encode_message
+from crdtcoord.engine.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    AeOk,
+    AeRoot,
+    AeStep,
+    Chunk,
+    Delta,
+    Entry,
+    Leave,
+    Message,
+    Read,
+    ReadReply,
+    Want,
+    decode_message,
+    encode_message,
+)
+from crdtcoord.engine.tree import TreeItem
 from crdtcoord.testing.cluster import ManualCluster
 
 CFG = EngineConfig(cluster_id="prod", ae_enabled=False, gossip_membership=False)
@@ -26,28 +43,34 @@ def _counter(n: int) -> GCounter:
     return c
 
 
-BODIES: dict[Kind, tuple[Any, ...]] = {
-    Kind.DELTA: (7, 0, 3, [("k", _counter(2), None), ("l", ORSet(), VersionVector({"x/1": 2}))]),
-    Kind.ACK: (7, 0, 3),
-    Kind.AE_ROOT: ("push-pull", b"\x01" * 16),
-    Kind.AE_OK: (),
-    Kind.AE_STEP: (
+BODIES: dict[Kind, Message] = {
+    Kind.DELTA: Delta(
+        7, 0, 3, (Entry("k", _counter(2)), Entry("l", ORSet(), VersionVector({"x/1": 2})))
+    ),
+    Kind.ACK: Ack(7, 0, 3),
+    Kind.AE_ROOT: AeRoot("push-pull", b"\x01" * 16),
+    Kind.AE_OK: AeOk(),
+    Kind.AE_STEP: AeStep(
         9,
         "pull",
         True,
-        [[1, 3, "b", b"\x00" * 16 * 8], [2, 37, "l", [["k", b"\x02" * 8], ["z", b"\x03" * 8]]]],
-        [("k", _counter(1), None)],
-        ["l"],
+        (
+            TreeItem(1, 3, b"\x00" * 16 * 8),
+            TreeItem(2, 37, None, (("k", b"\x02" * 8), ("z", b"\x03" * 8))),
+        ),
+        (Entry("k", _counter(1)),),
+        (Want("l"),),
     ),
-    Kind.READ: (4, "k"),
-    Kind.READ_REPLY: (4, "k", _counter(5), None),
-    Kind.CHUNK: (11, 0, 2, b"abc"),
+    Kind.READ: Read(4, "k"),
+    Kind.READ_REPLY: ReadReply(4, "k", _counter(5), None),
+    Kind.CHUNK: Chunk(11, 0, 2, b"abc"),
+    Kind.LEAVE: Leave(),
 }
 
 
 @pytest.mark.parametrize("kind", list(Kind), ids=lambda k: k.name)
 def test_every_kind_round_trips(kind: Kind) -> None:
-    data = encode_message("prod", "node-1", 2, 42, 41, TS, kind, BODIES[kind])
+    data = encode_message("prod", "node-1", 2, 42, 41, TS, BODIES[kind])
     env = decode_message(data, cluster="prod", limits=Limits())
     assert (env.sender, env.incarnation, env.msg_id, env.reply_to, env.hlc, env.kind) == (
         "node-1",
@@ -57,7 +80,9 @@ def test_every_kind_round_trips(kind: Kind) -> None:
         TS,
         kind,
     )
+    assert env.body == BODIES[kind]
     assert env.size == len(data)
+    assert encode_message("prod", "node-1", 2, 42, 41, TS, env.body) == data
 
 
 def _engine_with_state() -> Engine:
@@ -152,8 +177,9 @@ def _valid_corpus() -> list[bytes]:
     for _ in range(4):
         c.tick(1.0)
         pump(lose_deltas=False)
-    c.engines["a"].read("c1", c.now, consistency=ALL)
-    c._collect("a")
+    c.read("a", "c1", consistency=ALL)
+    pump(lose_deltas=False)
+    c.hosts["b"].leave(c.now)
     pump(lose_deltas=False)
     return out
 

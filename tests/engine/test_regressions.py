@@ -22,7 +22,8 @@ from crdtcoord.engine import (
     WriteDone,
     at_least,
 )
-from crdtcoord.engine.messages import PROTOCOL_VERSION, encode_message
+from crdtcoord.engine.messages import PROTOCOL_VERSION, AeStep, encode_message
+from crdtcoord.engine.tree import TreeItem
 from crdtcoord.sim import Simulation
 from crdtcoord.testing.cluster import ManualCluster
 
@@ -90,8 +91,7 @@ def test_acks_of_a_previous_process_do_not_count() -> None:
     c.restart("a")  # same incarnation, new process: new delta stream
     c.update("a", "y", GCounter, inc(), consistency=ALL)
     c.queue.clear()  # its delta is lost
-    c.engines["a"].receive(old_ack.data, c.now)
-    c._collect("a")
+    c.inject("a", old_ack.data)
     assert write_dones(c, "a") == []
 
 
@@ -144,7 +144,7 @@ def test_clock_fields_are_bounded_and_far_future_clocks_not_merged() -> None:
             e.receive(_delta_message([], hlc), 100.0)
     e.receive(_delta_message([], [10**12, 0]), 100.0)  # ~30 years ahead: data ok, clock ignored
     assert e.metrics["clock_skew_flagged"] == 1
-    assert e._hlc.last.wall < 10**12
+    assert e.clock.last.wall < 10**12
 
 
 def test_keys_must_be_encodable() -> None:
@@ -154,14 +154,14 @@ def test_keys_must_be_encodable() -> None:
 
 def test_small_fragments_from_a_peer_are_accepted() -> None:
     small = EngineConfig(gossip_membership=False, max_message_bytes=1024, ae_jitter=0.0)
-    sim = Simulation(["a", "b"], seed=1, config=small)
-    sim.nodes["b"].engine.config = EngineConfig(gossip_membership=False, ae_jitter=0.0)
+    big = EngineConfig(gossip_membership=False, ae_jitter=0.0)
+    sim = Simulation(["a", "b"], seed=1, config=small, configs={"b": big})
     sim.run_for(0.5)
+    sim.crash("b")  # b misses the deltas: anti-entropy ships the set in 1 KB fragments
     for i in range(3000):
-        sim.engine("a").update(
-            "big", ORSet, lambda s, ctx, i=i: s.add(ctx.replica, f"element-{i}"), 0.5
-        )
-    sim.engine("a").poll()
+        sim.update("a", "big", ORSet, lambda s, ctx, i=i: s.add(ctx.replica, f"element-{i}"))
+    sim.run_for(0.1)
+    sim.restart("b")
     assert sim.quiesce(timeout=20)
     assert sim.stats.rejected == 0
 
@@ -170,11 +170,11 @@ def test_tree_items_cannot_repeat_or_overlap() -> None:
     e = Engine("a", config=QUIET)
     hashes = b"\x01" * 128
     for items in (
-        [[0, 0, "b", hashes], [0, 0, "b", hashes]],
-        [[0, 0, "b", hashes], [1, 3, "b", hashes]],
+        (TreeItem(0, 0, hashes), TreeItem(0, 0, hashes)),
+        (TreeItem(0, 0, hashes), TreeItem(1, 3, hashes)),
     ):
         data = encode_message(
-            "default", "x", 1, 1, 0, Timestamp(1), Kind.AE_STEP, (1, "push", True, items, [], [])
+            "default", "x", 1, 1, 0, Timestamp(1), AeStep(1, "push", True, items, (), ())
         )
         with pytest.raises(ProtocolError):
             e.receive(data, 0.0)
@@ -199,11 +199,11 @@ def test_repairs_push_even_in_pull_mode_and_end_only_when_done() -> None:
             dropped = True
         else:
             c.deliver(0)
-    assert c.engines["a"]._repair  # not done yet
+    assert c.engines["a"].repairs()  # not done yet
     for _ in range(5):
         c.tick(1.0)
         c.flush_network()
-    assert c.converged() and not c.engines["a"]._repair
+    assert c.converged() and not c.engines["a"].repairs()
 
 
 @pytest.mark.parametrize("level", [ALL, at_least(1)])
@@ -224,7 +224,7 @@ def test_version_vectors_survive_a_restart() -> None:
     c.flush_network()
     c.crash("a")
     c.restart("a")
-    assert c.engines["a"].durable_versions()["L"].get("a/1") == 3
+    assert c.engines["a"].version("L").get(c.engines["a"].actor) == 3  # type: ignore[union-attr]
     c.update("a", "L", Lease, lambda lease, ctx: lease.force(ctx.replica, "ha", ctx.now(), 60_000))
     c.update("b", "L", Lease, lambda lease, ctx: lease.force(ctx.replica, "hb", ctx.now(), 60_000))
     c.tick(0.01)

@@ -16,10 +16,32 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from crdtcoord.engine.messages import FANOUT, LEVEL_BITS, ROOT_DIGEST, SHORT_DIGEST
+__all__ = [
+    "FANOUT",
+    "LEAF_MAX",
+    "LEVEL_BITS",
+    "MAX_LEVEL",
+    "ROOT_DIGEST",
+    "SHORT_DIGEST",
+    "DigestIndex",
+    "TreeItem",
+    "key_hash",
+    "owns",
+]
 
-__all__ = ["DigestIndex", "key_hash"]
+#: The digest tree (protocol constants, both sides must agree): every level splits a node on the
+#: next LEVEL_BITS bits of the 64-bit key hash into FANOUT children, down to MAX_LEVEL.
+LEVEL_BITS = 4
+FANOUT = 1 << LEVEL_BITS
+MAX_LEVEL = 8
+#: A side lists a node's keys instead of its children once the node holds at most this many.
+LEAF_MAX = 12
+#: Bytes of a node hash / key digest on the wire during anti-entropy.
+SHORT_DIGEST = 8
+#: Bytes of the root digest.
+ROOT_DIGEST = 16
 
 _MASK64 = (1 << 64) - 1
 _COUNT = 1 << 64  # node values pack (count << 64) | hash64
@@ -35,6 +57,32 @@ def key_hash(key: str) -> int:
 
 def prefix_of(h: int, level: int) -> int:
     return h >> (64 - LEVEL_BITS * level) if level else 0
+
+
+def owns(level: int, prefix: int, key: str) -> bool:
+    """Does ``key`` hash under node (level, prefix)? (A peer's leaf list is checked with it.)"""
+    return level == 0 or key_hash(key) >> (64 - LEVEL_BITS * level) == prefix
+
+
+@dataclass(frozen=True, slots=True)
+class TreeItem:
+    """One side's view of one tree node during an exchange: its 16 child hashes (a branch), or
+    the keys under it with their 8-byte state digests, sorted by key (a leaf list)."""
+
+    level: int
+    prefix: int
+    children: bytes | None = None
+    keys: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def is_branch(self) -> bool:
+        return self.children is not None
+
+    def wire_size(self) -> int:
+        """Rough encoded size (for the per-step byte budget)."""
+        if self.children is not None:
+            return 140
+        return 16 + sum(12 + len(k) for k, _ in self.keys)
 
 
 def _leaf(key: str, digest: bytes) -> int:
@@ -152,6 +200,12 @@ class DigestIndex:
             for k in self._group_keys(level, prefix):
                 hashes[prefix_of(kh[k], child) & (FANOUT - 1)] ^= leaves[k] & _MASK64
         return b"".join(x.to_bytes(SHORT_DIGEST, "big") for x in hashes)
+
+    def item(self, level: int, prefix: int) -> TreeItem:
+        """This side's description of a node: its keys if few (a leaf list), else its children."""
+        if level >= MAX_LEVEL or self.count(level, prefix) <= LEAF_MAX:
+            return TreeItem(level, prefix, None, tuple(self.keys_under(level, prefix)))
+        return TreeItem(level, prefix, self.children(level, prefix))
 
     def keys_under(self, level: int, prefix: int) -> list[tuple[str, bytes]]:
         """(key, 8-byte digest) of every key under a node, sorted by key."""

@@ -1,0 +1,267 @@
+"""The anti-entropy part: periodic digest exchanges, repairs, and the descent itself.
+
+Every ``ae_interval`` (± jitter) the node starts one exchange with a random peer: AE_ROOT with
+its root digest; equal roots end it with AE_OK (one small message pair, whatever the store
+size); otherwise both sides descend the 16-ary digest tree only where it differs and ship the
+states of the keys that differ (see ``docs/protocol.md`` §4.2).
+
+**Exchanges are named.** An exchange's id is the msg_id of its AE_ROOT (random per process
+start), and this part remembers the exchanges it started: the buffer entry the delta stream had
+reached and the peer's repair generation at the time. Only an answer to an exchange of this
+process counts, an AE_OK proves that the peer held everything up to that buffer entry, and a
+repair is cleared only by an exchange started after the repair was (re)scheduled — an answer to
+an older exchange never cancels a repair that is still needed.
+
+**Repairs** are exchanges in push-pull mode (whatever ``ae_mode``), retried every
+``min(ae_interval, max(1 s, 4 * retransmit_after))`` until one ends in sync. A descent that ends
+is followed at once by a root probe, whose AE_OK clears the repair.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from crdtcoord.codec import digest as state_digest
+from crdtcoord.engine.core import Core
+from crdtcoord.engine.messages import AeOk, AeRoot, AeStep, Entry, Envelope, Want
+from crdtcoord.engine.store import Store
+from crdtcoord.engine.tree import FANOUT, LEVEL_BITS, SHORT_DIGEST, TreeItem, owns
+from crdtcoord.types import CRDTBase
+from crdtcoord.types._base import Summary
+
+__all__ = ["AntiEntropy", "Exchange"]
+
+_EXCHANGE_TTL = 30.0
+_MAX_EXCHANGES = 4096
+
+
+@dataclass(slots=True)
+class Exchange:
+    """An exchange this process started: with whom, in which mode, and what it can prove."""
+
+    peer: str
+    mode: str
+    seq: int  # the delta buffer entry reached when it started
+    gen: int  # the peer's repair generation when it started (0: none pending)
+    started: float
+
+
+@dataclass(slots=True)
+class _Repair:
+    due: float
+    gen: int
+
+
+class AntiEntropy:
+    """Digest anti-entropy of one engine."""
+
+    def __init__(
+        self,
+        core: Core,
+        store: Store,
+        *,
+        random_peer: Callable[[], str | None],
+        stream_seq: Callable[[], int],
+        join: Callable[[tuple[Entry, ...], str], None],
+        proven: Callable[[str, int], None],
+    ) -> None:
+        self._core = core
+        self._store = store
+        self._random_peer = random_peer
+        self._stream_seq = stream_seq
+        self._join = join
+        self._proven = proven
+        self._next: float | None = None
+        self._exchanges: OrderedDict[int, Exchange] = OrderedDict()
+        self._repairs: dict[str, _Repair] = {}
+        self._gen = 0
+
+    # ------------------------------------------------------------------ control, inspection
+
+    def start(self, now: float) -> None:
+        if self._core.config.ae_enabled:
+            self._next = now + self._gap()
+
+    def stop_periodic(self) -> None:
+        """No more periodic exchanges from this node (repairs and answers go on)."""
+        self._next = None
+
+    def repairs(self) -> list[str]:
+        """Peers owed a repair."""
+        return sorted(self._repairs)
+
+    def _gap(self) -> float:
+        c = self._core.config
+        return c.ae_interval * (1.0 + c.ae_jitter * (2.0 * self._core.rng.random() - 1.0))
+
+    # ------------------------------------------------------------------ starting
+
+    def schedule_repair(self, peer: str, probe: bool = False) -> None:
+        """``peer`` needs this node's data: repair it (at once), until an exchange started from
+        now on ends in sync. A repair already pending starts a new generation."""
+        self._gen += 1
+        self._repairs[peer] = _Repair(self._core.now, self._gen)
+
+    def cancel_repair(self, peer: str) -> None:
+        self._repairs.pop(peer, None)
+
+    def begin(self, peer: str, mode: str | None = None) -> int:
+        """Start an exchange with ``peer``; returns its id."""
+        core = self._core
+        core.count("ae_rounds")
+        mode = mode or core.config.ae_mode
+        rep = self._repairs.get(peer)
+        xid = core.send(peer, AeRoot(mode, self._store.index.root()))
+        self._exchanges[xid] = Exchange(
+            peer, mode, self._stream_seq(), rep.gen if rep else 0, core.now
+        )
+        while len(self._exchanges) > _MAX_EXCHANGES:
+            self._exchanges.popitem(last=False)
+        return xid
+
+    # ------------------------------------------------------------------ answering
+
+    def on_root(self, env: Envelope, msg: AeRoot) -> None:
+        if msg.root == self._store.index.root():
+            self._core.send(env.sender, AeOk(), env.msg_id)
+            self._core.count("ae_in_sync")
+            return
+        item = self._store.index.item(0, 0)
+        step = AeStep(env.msg_id, msg.mode, False, (item,), (), ())
+        self._core.send(env.sender, step, env.msg_id)
+
+    def on_ok(self, env: Envelope) -> None:
+        x = self._exchanges.pop(env.reply_to, None)
+        if x is None or x.peer != env.sender:
+            self._core.count("ae_stale_answers")  # an answer for an exchange not of this process
+            return
+        self._core.count("ae_in_sync")
+        self._proven(x.peer, x.seq)
+        rep = self._repairs.get(x.peer)
+        if rep is not None and rep.gen <= x.gen:
+            del self._repairs[x.peer]
+            self._core.count("repairs_done")
+
+    def on_step(self, env: Envelope, msg: AeStep) -> None:
+        core = self._core
+        peer = env.sender
+        # Who may ship to whom: the initiator pushes in "push"/"push-pull", pulls in
+        # "pull"/"push-pull". The sender of this message is the initiator iff from_initiator.
+        i_am_initiator = not msg.from_initiator
+        if i_am_initiator:
+            x = self._exchanges.get(msg.xid)
+            if x is None or x.peer != peer:
+                core.count("ae_stale_answers")
+                return
+        pushes, pulls = msg.mode != "pull", msg.mode != "push"
+        i_ship = pushes if i_am_initiator else pulls
+        they_ship = pulls if i_am_initiator else pushes
+        received = {e.key: e for e in msg.entries}
+        if msg.entries:
+            self._join(msg.entries, peer)
+        store = self._store
+        index = store.index
+        ship: list[str] = []
+        deltas: list[Entry] = []
+        if i_ship:
+            for w in msg.want:
+                mine = store.state(w.key)
+                if mine is None:
+                    continue
+                got = received.get(w.key)
+                if got is not None and index.digest(w.key) == _digest_of(got):
+                    continue  # what they shipped already equals ours after the join
+                delta = _delta_since(mine, w.summary)
+                if delta is not None:
+                    deltas.append(Entry(w.key, delta, store.version(w.key)))
+                else:
+                    ship.append(w.key)
+        my_want: list[Want] = []
+        reply_items: list[TreeItem] = []
+        width = SHORT_DIGEST
+        budget = core.config.max_round_bytes
+        for item in msg.items:
+            if item.children is not None:
+                mine_h = index.children(item.level, item.prefix)
+                for c in range(FANOUT):
+                    if budget <= 0:
+                        break  # the rest of the tree waits for the next exchange
+                    lo, hi = c * width, (c + 1) * width
+                    if mine_h[lo:hi] != item.children[lo:hi]:
+                        sub = index.item(item.level + 1, (item.prefix << LEVEL_BITS) + c)
+                        budget -= sub.wire_size()
+                        reply_items.append(sub)
+            else:
+                theirs = dict(item.keys)
+                ours = dict(index.keys_under(item.level, item.prefix))
+                if i_ship:
+                    ship.extend(k for k, d in ours.items() if theirs.get(k) != d)
+                if they_ship:
+                    for k, d in item.keys:
+                        if ours.get(k) != d and owns(item.level, item.prefix, k):
+                            state = store.state(k)
+                            my_want.append(Want(k, Summary.of(state) if state else None))
+        shipped, _more = store.entries_within_budget(ship, core.config.max_round_bytes)
+        shipped.extend(deltas)
+        core.count("ae_keys_shipped", len(shipped))
+        my_want.sort(key=lambda x: x.key)
+        if reply_items or shipped or my_want:
+            step = AeStep(
+                msg.xid,
+                msg.mode,
+                i_am_initiator,
+                tuple(reply_items),
+                tuple(shipped),
+                tuple(my_want),
+            )
+            core.send(peer, step, env.msg_id)
+        else:
+            core.count("ae_exchanges_done")
+            if i_am_initiator:
+                # Our descent is over; a root probe now proves (or not) that we are in sync.
+                self._exchanges.pop(msg.xid, None)
+                if peer in self._repairs:
+                    self._repairs[peer].due = core.now
+
+    # ------------------------------------------------------------------ time
+
+    def next_deadline(self) -> float | None:
+        ds = [r.due for r in self._repairs.values()]
+        if self._next is not None:
+            ds.append(self._next)
+        return min(ds) if ds else None
+
+    def tick(self, now: float) -> None:
+        c = self._core.config
+        if self._repairs:
+            retry = min(c.ae_interval, max(1.0, 4 * c.retransmit_after))
+            for p, rep in list(self._repairs.items()):
+                if now >= rep.due:
+                    rep.due = now + retry
+                    self.begin(p, "push-pull")  # a repair must push what the peer lacks
+        if self._next is not None and now >= self._next:
+            while self._next <= now:
+                self._next += self._gap()
+            peer = self._random_peer()
+            if peer is not None:
+                self.begin(peer)
+        while self._exchanges:
+            first = next(iter(self._exchanges.values()))
+            if now - first.started < _EXCHANGE_TTL:
+                break
+            self._exchanges.popitem(last=False)
+
+
+def _digest_of(e: Entry) -> bytes:
+    return state_digest(e.state)
+
+
+def _delta_since(state: CRDTBase, summary: Summary | None) -> CRDTBase | None:
+    """The type's delta since a peer's causal summary, when it offers one."""
+    if summary is None or type(state) is not summary.kind:
+        return None
+    fn = getattr(state, "delta_since", None)
+    return None if fn is None else cast(CRDTBase | None, fn(summary.payload))

@@ -1,0 +1,46 @@
+"""The feed part: subscriptions to keys or prefixes, reported as :class:`Changed` events.
+
+Every change of the store (a local update, or a received entry that inflated it) passes through
+:meth:`Feed.changed` in the order the engine applied it; the driver turns these events into a
+change feed (the asyncio runtime numbers them with a persisted commit sequence).
+"""
+
+from __future__ import annotations
+
+from crdtcoord._exceptions import InvalidArgument
+from crdtcoord.engine.core import Core
+from crdtcoord.engine.effects import Changed
+
+__all__ = ["Feed"]
+
+
+class Feed:
+    """Subscriptions of one engine."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._subs: dict[int, tuple[str | None, str | None]] = {}
+        self._seq = 0
+        #: report every change, subscribed or not (a driver that keeps a change log sets it)
+        self.all_changes = False
+
+    def subscribe(self, *, key: str | None = None, prefix: str | None = None) -> int:
+        if key is not None and prefix is not None:
+            raise InvalidArgument("subscribe to a key or a prefix, not both")
+        self._seq += 1
+        self._subs[self._seq] = (key, prefix)
+        return self._seq
+
+    def unsubscribe(self, sub: int) -> None:
+        self._subs.pop(sub, None)
+
+    def changed(self, key: str, origin: str | None) -> None:
+        if not self._subs and not self.all_changes:
+            return
+        hits = tuple(
+            s
+            for s, (k, p) in self._subs.items()
+            if (k is None and p is None) or k == key or (p is not None and key.startswith(p))
+        )
+        if hits or self.all_changes:
+            self._core.emit(Changed(key, origin, hits))

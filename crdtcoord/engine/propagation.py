@@ -1,0 +1,309 @@
+"""The delta-propagation part: the batched delta buffer, per-peer streams, acknowledgements,
+retransmission and forwarding.
+
+Local deltas (and received deltas that inflated the store) are batched for ``delta_delay``,
+then become one numbered buffer entry and are pushed to the targets. Each peer's stream keeps
+``acked`` and ``sent``; an ACK ``(lo, hi]`` advances ``acked`` only if it does not skip an
+unacknowledged range. Unacknowledged ranges are resent after ``retransmit_after``, doubling up
+to ``4 * retransmit_after`` while the peer stays silent, and at once when the silent peer is
+heard from again.
+
+**Which path.** A resend, or a push after the peer fell silent, that would ship more than
+``probe_bytes`` goes to anti-entropy instead: a root probe costs one small message pair, and
+finds the peer already in sync when other nodes or anti-entropy got there first (then it counts
+as an acknowledgement of everything up to the probe); otherwise the digest descent ships only
+what still differs. A peer whose ``acked`` falls behind the buffer, or whose backlog would not fit
+one round's byte budget, is handed to anti-entropy the same way (*marked behind*).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice
+
+from crdtcoord.codec import encode
+from crdtcoord.engine.core import Core
+from crdtcoord.engine.effects import PeerRepair
+from crdtcoord.engine.membership import Membership
+from crdtcoord.engine.messages import Ack, Delta, Entry
+from crdtcoord.engine.store import Store, join_ranked
+from crdtcoord.types import CRDTBase
+
+__all__ = ["PeerStream", "Propagation"]
+
+
+@dataclass(slots=True)
+class PeerStream:
+    """This node's delta stream to one peer (volatile: a restart costs a repair, nothing else).
+
+    ``acked``/``sent``: highest buffer entry acknowledged / sent. ``floor``: entries up to here
+    were handed to a repair instead of being sent, so an ACK proves nothing about them.
+    ``retry_at``: when the oldest unacknowledged range is resent. ``silent``: resends in a row
+    without progress (the peer is unreachable or overloaded).
+    """
+
+    acked: int = 0
+    sent: int = 0
+    floor: int = 0
+    retry_at: float | None = None
+    silent: int = 0
+
+
+@dataclass(slots=True)
+class _LogEntry:
+    seq: int
+    deltas: dict[str, tuple[CRDTBase, frozenset[str]]]  # key -> (joined delta, origins)
+
+
+class Propagation:
+    """Delta buffer and per-peer streams of one engine."""
+
+    def __init__(
+        self,
+        core: Core,
+        store: Store,
+        membership: Membership,
+        *,
+        repair: Callable[[str, bool], None],
+        acked: Callable[[str, int, int], None],
+    ) -> None:
+        self._core = core
+        self._store = store
+        self._members = membership
+        self._repair = repair  # (peer, probe): hand the peer to anti-entropy
+        self._acked = acked  # (peer, acked, floor): a peer acknowledged up to `acked`
+        self.stream = core.id.process & ((1 << 62) - 1)
+        self._pending: dict[str, tuple[CRDTBase, set[str]]] = {}
+        self._pending_since: float | None = None
+        self._log: deque[_LogEntry] = deque()
+        self.seq = 0
+        self._peers: dict[str, PeerStream] = {}
+        self._rr = 0
+
+    # ------------------------------------------------------------------ inspection
+
+    def backlog(self) -> int:
+        """Buffer entries not yet acknowledged by every peer."""
+        return len(self._log)
+
+    def stream_to(self, peer: str) -> PeerStream | None:
+        return self._peers.get(peer)
+
+    # ------------------------------------------------------------------ outgoing
+
+    def enqueue(self, key: str, delta: CRDTBase, origin: str, *, force: bool = False) -> None:
+        """Batch a delta to push (``origin``: this node, or the peer it came from)."""
+        if not (self._core.config.push_deltas or force):
+            return
+        cur = self._pending.get(key)
+        if cur is None:
+            self._pending[key] = (delta.copy(), {origin})
+        else:
+            self._pending[key] = (join_ranked(cur[0], delta), cur[1] | {origin})
+        if self._pending_since is None:
+            self._pending_since = self._core.now
+
+    def flush(self) -> int:
+        """Turn the pending deltas into the next buffer entry; returns its sequence number."""
+        if self._pending:
+            self.seq += 1
+            entry = {k: (d, frozenset(o)) for k, (d, o) in self._pending.items()}
+            self._log.append(_LogEntry(self.seq, entry))
+            self._pending = {}
+            self._pending_since = None
+            for _ in range(max(0, len(self._log) - self._core.config.delta_buffer)):
+                self._log.popleft()
+        return self.seq
+
+    def targets(self) -> list[str]:
+        """Peers of the next push: all, or ``delta_fanout`` of them in round-robin order."""
+        fanout = self._core.config.delta_fanout
+        peers = self._members.peers()
+        if fanout is None or fanout >= len(peers):
+            return peers
+        out = []
+        for _ in range(fanout):
+            out.append(peers[self._rr % len(peers)])
+            self._rr += 1
+        return out
+
+    def push(self, targets: Iterable[str]) -> None:
+        """Send each target what it has not been sent yet from the buffer."""
+        if not self._log:
+            return
+        for p in targets:
+            st = self._peers.get(p)
+            if st is None:
+                st = self._peers[p] = PeerStream()
+            if st.sent < self.seq:
+                self._send_range(p, st)
+        self.gc()
+
+    def _send_range(self, p: str, st: PeerStream) -> None:
+        core = self._core
+        first = self._log[0].seq
+        if st.acked < first - 1:
+            self.mark_behind(p, st)  # it missed entries no longer held
+            return
+        lo = max(st.sent, first - 1)
+        joined: dict[str, CRDTBase] = {}
+        for e in islice(self._log, lo - first + 1, None):
+            for key, (delta, origins) in e.deltas.items():
+                if origins == {p}:
+                    continue  # never back to where it came from
+                cur = joined.get(key)
+                joined[key] = delta.copy() if cur is None else join_ranked(cur, delta)
+        if not joined:
+            # Nothing in (sent, seq] is for this peer. It counts as acknowledged only if
+            # everything before it was: an unacknowledged range must never be skipped.
+            if st.acked >= st.sent:
+                st.acked = self.seq
+            st.sent = self.seq
+            return
+        if st.silent and st.acked < st.sent:
+            # The peer has not answered for a while: don't stack more ranges on a dead link.
+            return
+        entries = tuple(Entry(k, d, self._store.version(k)) for k, d in joined.items())
+        msg = Delta(self.stream, lo, self.seq, entries)
+        _, data = core.encode(msg)
+        if len(data) > core.config.max_round_bytes:
+            self.mark_behind(p, st)  # too much backlog for one message: a budgeted repair
+            return
+        core.emit_bytes(p, data, msg.KIND)
+        if st.acked >= st.sent:
+            st.retry_at = core.now + core.config.retransmit_after
+        st.sent = self.seq
+        core.count("delta_messages")
+
+    def gc(self) -> None:
+        """Drop buffer entries every live peer acknowledged."""
+        if not self._log:
+            return
+        peers = self._members.peers()
+        if not peers:
+            self._log.clear()
+            return
+        floor = min((self._peers[p].acked if p in self._peers else 0) for p in peers)
+        while self._log and self._log[0].seq <= floor:
+            self._log.popleft()
+
+    def mark_behind(self, peer: str, st: PeerStream | None = None, *, probe: bool = False) -> None:
+        """Hand ``peer`` to anti-entropy: its stream jumps to the present (acks no longer prove
+        the skipped entries), and a repair exchange is scheduled."""
+        st = st or self._peers.setdefault(peer, PeerStream())
+        st.floor = st.acked = st.sent = self.seq
+        st.retry_at = None
+        st.silent = 0
+        self._core.emit(PeerRepair(peer, "probe" if probe else "behind"))
+        self._core.count("repairs_scheduled")
+        self._repair(peer, probe)
+
+    def proven(self, peer: str, seq: int) -> None:
+        """An anti-entropy exchange started at buffer entry ``seq`` ended in sync: ``peer``
+        holds everything up to it (that is as good as an acknowledgement)."""
+        st = self._peers.setdefault(peer, PeerStream())
+        if seq >= st.floor:
+            st.floor = 0
+        if seq > st.acked:
+            st.acked = seq
+        st.sent = max(st.sent, st.acked)
+        if st.acked >= st.sent:
+            st.retry_at = None
+            st.silent = 0
+        self._acked(peer, seq, 0)
+        self.gc()
+
+    def forget(self, peer: str) -> None:
+        """``peer`` restarted without its state: whatever it acknowledged is gone."""
+        self.mark_behind(peer)
+
+    # ------------------------------------------------------------------ incoming
+
+    def ack_for(self, msg: Delta) -> Ack:
+        return Ack(msg.stream, msg.lo, msg.hi)
+
+    def on_ack(self, peer: str, ack: Ack) -> None:
+        st = self._peers.get(peer)
+        if st is None or ack.stream != self.stream:
+            return  # an ack for another (earlier) delta stream of ours
+        if ack.lo > st.acked:
+            # An earlier range was lost: acknowledging this one would skip the gap. The
+            # retransmission resends from st.acked.
+            self._core.count("acks_out_of_order")
+            return
+        if ack.hi > st.acked:
+            st.acked = min(ack.hi, self.seq)
+            st.silent = 0
+            st.retry_at = (
+                None if st.acked >= st.sent else self._core.now + self._core.config.retransmit_after
+            )
+        self._acked(peer, st.acked, st.floor)
+        self.gc()
+
+    def heard_from(self, peer: str) -> None:
+        """Any message from ``peer``: if it had gone silent, resend to it now."""
+        st = self._peers.get(peer)
+        if st is not None and st.silent and st.retry_at is not None:
+            self._retry(peer, st)
+
+    # ------------------------------------------------------------------ time
+
+    def _retry(self, p: str, st: PeerStream) -> None:
+        core = self._core
+        c = core.config
+        st.silent += 1
+        st.retry_at = core.now + min(
+            c.retransmit_after * (1 << min(st.silent, 3)), 4 * c.retransmit_after
+        )
+        core.count("retransmits")
+        if self._backlog_bytes(st) > c.probe_bytes:
+            self.mark_behind(p, st, probe=True)
+            return
+        st.sent = st.acked
+        self._send_range(p, st)
+
+    def _backlog_bytes(self, st: PeerStream) -> int:
+        """Rough encoded size of the unacknowledged range (stops counting past the threshold)."""
+        if not self._log:
+            return 0
+        limit = self._core.config.probe_bytes
+        first = self._log[0].seq
+        if st.acked < first - 1:
+            return limit + 1
+        total = 0
+        seen: set[str] = set()
+        for e in islice(self._log, max(0, st.acked - first + 1), None):
+            for key, (delta, _) in e.deltas.items():
+                if key not in seen:
+                    seen.add(key)
+                    total += len(key) + len(encode(delta))
+                    if total > limit:
+                        return total
+        return total
+
+    def next_deadline(self) -> float | None:
+        ds: list[float] = []
+        if self._pending_since is not None:
+            ds.append(self._pending_since + self._core.config.delta_delay)
+        if self._log:
+            ds.extend(st.retry_at for st in self._peers.values() if st.retry_at is not None)
+        return min(ds) if ds else None
+
+    def tick(self, now: float) -> None:
+        c = self._core.config
+        since = self._pending_since
+        if self._pending and since is not None and now >= since + c.delta_delay:
+            self.flush()
+            self.push(self.targets())
+        if self._log:
+            for p, st in list(self._peers.items()):
+                if st.retry_at is not None and now >= st.retry_at and st.acked < st.sent:
+                    self._retry(p, st)
+                elif st.retry_at is not None and st.acked >= st.sent:
+                    st.retry_at = None
+            self.gc()
+        else:
+            for st in self._peers.values():
+                st.retry_at = None

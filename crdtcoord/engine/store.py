@@ -1,0 +1,242 @@
+"""The store part: the replica's states, the version vectors of critical keys, the digest index.
+
+Local updates and received entries both end here. Every change emits a :class:`Persist` effect
+(ordered before the sends that depend on it); a join returns the entries that *inflated* the
+state, which the engine forwards and reports. Concurrent conflicting updates of critical keys
+become :class:`Escalation` events, decided from version vectors, never from timestamps alone.
+
+Two types at one key (concurrent creations) resolve to the larger *type rank* — wire tag, then
+the type's parameters — on every replica, which keeps the store a join.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
+from crdtcoord.clocks.vv import Causality, VersionVector
+from crdtcoord.codec import digest as state_digest
+from crdtcoord.codec import encode
+from crdtcoord.engine.core import Core
+from crdtcoord.engine.effects import Escalation, Persist
+from crdtcoord.engine.messages import MAX_KEY_BYTES, Entry
+from crdtcoord.engine.tree import DigestIndex
+from crdtcoord.types import CRDTBase, Op, UpdateContext
+
+__all__ = ["Critical", "Store", "check_key", "rank"]
+
+#: ``critical(key, state) -> bool``: does this key's conflicts go to the escalation hook?
+Critical = Callable[[str, CRDTBase], bool]
+Update = Callable[[Any, UpdateContext], CRDTBase] | Op
+
+
+def rank(v: CRDTBase) -> tuple[Any, ...]:
+    """The order that settles two types at one key (larger wins everywhere)."""
+    return (v.TYPE_TAG, v.compat_key())
+
+
+def join_ranked(cur: CRDTBase, new: CRDTBase) -> CRDTBase:
+    """Join ``new`` into ``cur`` (in place when the types agree) and return the result."""
+    rc, rn = rank(cur), rank(new)
+    if rc == rn:
+        cur.merge(new)
+        return cur
+    return new.copy() if rn > rc else cur
+
+
+def check_key(key: object, *, internal: bool = False) -> str:
+    """A key is a non-empty str of at most 1024 UTF-8 bytes; ``$`` keys are the engine's."""
+    if type(key) is not str or not key:
+        raise InvalidArgument("keys are non-empty str")
+    assert isinstance(key, str)
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"key is not valid unicode: {key!r}") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidArgument(f"keys are at most {MAX_KEY_BYTES} bytes")
+    if key.startswith("$") and not internal:
+        raise InvalidArgument("keys starting with '$' are reserved for the engine")
+    return key
+
+
+class Store:
+    """States, version vectors and the digest tree of one replica."""
+
+    def __init__(self, core: Core, critical: Critical | None) -> None:
+        self._core = core
+        self._critical = critical
+        self._states: dict[str, CRDTBase] = {}
+        self._vv: dict[str, VersionVector] = {}
+        self.index = DigestIndex(self._digest)
+
+    def load(self, states: Mapping[str, CRDTBase], versions: Mapping[str, VersionVector]) -> None:
+        """Take ownership of restored states (from storage) before the engine starts."""
+        for k, v in states.items():
+            check_key(k, internal=True)
+            self._states[k] = v
+            self.index.touch(k)
+        for k, vv in versions.items():
+            self._vv[k] = vv
+
+    def _digest(self, key: str) -> bytes:
+        return state_digest(self._states[key])
+
+    # ------------------------------------------------------------------ queries
+
+    def state(self, key: str) -> CRDTBase | None:
+        """The live state (not a copy): for the engine's parts only."""
+        return self._states.get(key)
+
+    def version(self, key: str) -> VersionVector | None:
+        return self._vv.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def versions(self) -> dict[str, VersionVector]:
+        return self._vv
+
+    def is_critical(self, key: str, state: CRDTBase) -> bool:
+        if self._critical is not None:
+            return self._critical(key, state)
+        return type(state).CRITICAL_BY_DEFAULT
+
+    def entry(self, key: str) -> Entry | None:
+        s = self._states.get(key)
+        return None if s is None else Entry(key, s, self._vv.get(key))
+
+    def entries_within_budget(self, keys: list[str], budget: int) -> tuple[list[Entry], bool]:
+        """Entries for ``keys`` up to ``budget`` bytes of encoded state (at least one);
+        the flag says whether some were left out."""
+        used = 0
+        out: list[Entry] = []
+        for k in keys:
+            s = self._states.get(k)
+            if s is None:
+                continue
+            size = len(encode(s)) + len(k) + 16
+            if out and used + size > budget:
+                return out, True
+            used += size
+            out.append(Entry(k, s, self._vv.get(k)))
+        return out, False
+
+    # ------------------------------------------------------------------ local updates
+
+    def update(
+        self,
+        key: str,
+        factory: Callable[[], CRDTBase],
+        fn: Update,
+        op_id: str | None = None,
+    ) -> tuple[CRDTBase, VersionVector | None]:
+        """Apply a local update; returns its delta and the key's version vector (critical keys).
+
+        ``fn`` is an op of the key's type, or ``fn(state, ctx)`` returning the delta of what it
+        applied. A refused update raises and changes nothing (except that a callback which
+        mutated before failing has its mutation persisted, so memory and storage agree).
+        """
+        core = self._core
+        state = self._states.get(key)
+        proto = factory()
+        if not isinstance(proto, CRDTBase):
+            raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
+        created = state is None
+        if state is None:
+            state = proto
+        elif rank(state) != rank(proto):
+            raise IncompatibleMerge(
+                f"key {key!r} holds a {type(state).__name__}, not a {type(proto).__name__}"
+            )
+        ctx = UpdateContext(core.actor, core.hlc)
+        if isinstance(fn, Op):
+            delta = state.apply(fn, ctx)
+        else:
+            try:
+                delta = fn(state, ctx)
+            except BaseException:
+                if not created:
+                    self._repersist(key, state)
+                raise
+            if type(delta) is not type(state):
+                if not created:
+                    self._repersist(key, state)
+                raise InvalidArgument(
+                    "update functions must return the delta of their mutation "
+                    f"(a {type(state).__name__})"
+                )
+        if created:
+            self._states[key] = state
+        self.index.touch(key)
+        vv = None
+        if self.is_critical(key, state):
+            vv = self._vv.setdefault(key, VersionVector())
+            vv.increment(core.actor)
+            vv = vv.copy()
+        core.emit(Persist(key, delta, vv=vv, op_id=op_id))
+        return delta, vv
+
+    def _repersist(self, key: str, state: CRDTBase) -> None:
+        """A callback mutated and then failed: keep memory and storage equal (the mutation will
+        reach peers by anti-entropy; its delta was never returned)."""
+        self.index.touch(key)
+        self._core.emit(Persist(key, state.copy()))
+
+    # ------------------------------------------------------------------ joins
+
+    def join(self, entries: tuple[Entry, ...] | list[Entry], origin: str) -> list[Entry]:
+        """Join received states or deltas; returns the entries that inflated the store."""
+        core = self._core
+        inflated: list[Entry] = []
+        for e in entries:
+            key, incoming, vv = e.key, e.state, e.vv
+            local = self._states.get(key)
+            grew = replaced = False
+            if local is None:
+                self._states[key] = incoming.copy()
+                grew = True
+            elif rank(local) != rank(incoming):
+                if rank(incoming) > rank(local):  # concurrent creation: larger rank wins
+                    self._states[key] = incoming.copy()
+                    grew = replaced = True
+            else:
+                before = local.copy() if vv is not None and key in self._vv else None
+                grew = local.merge(incoming)
+                if before is not None and vv is not None:
+                    self._check_escalation(key, before, incoming, vv, origin)
+            if vv is not None:
+                self._vv.setdefault(key, VersionVector()).merge(vv)
+            if grew:
+                self.index.touch(key)
+                mine = self._vv.get(key)
+                core.emit(
+                    Persist(
+                        key,
+                        incoming,
+                        vv=mine.copy() if mine is not None else None,
+                        replace=replaced,
+                    )
+                )
+                inflated.append(e)
+        core.count("entries_received", len(entries))
+        core.count("entries_inflating", len(inflated))
+        return inflated
+
+    def _check_escalation(
+        self, key: str, local: CRDTBase, remote: CRDTBase, remote_vv: VersionVector, peer: str
+    ) -> None:
+        mine = self._vv.get(key)
+        if mine is None or mine.compare(remote_vv) is not Causality.CONCURRENT:
+            return
+        conflicts = getattr(type(local), "conflicts", None)
+        if conflicts is not None and conflicts(local, remote):
+            self._core.emit(Escalation(key, local, remote.copy(), peer))
+            self._core.count("escalations")

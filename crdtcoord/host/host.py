@@ -1,0 +1,172 @@
+"""The driver host: one engine, one storage, one send function, and the only effect loop.
+
+Every driver — the deterministic simulator, the hand-driven :class:`ManualCluster`, the asyncio
+runtime — gives a :class:`Host` its inputs (updates, reads, received bytes, ticks) and a way to
+send bytes; the host feeds the engine and then executes :meth:`Engine.poll` **in order**:
+
+1. every :class:`Persist` of the poll is written to the storage in one ``write`` call (one
+   transaction: group commit), *before* anything else of that poll happens — so no message that
+   depends on a change (the ACK of received data, the delta of a local write) leaves the node
+   before the change is as durable as the storage makes it;
+2. then sends and events, in the engine's order.
+
+A failed write is fatal to the host (crash-only: its memory is ahead of its disk); it refuses
+every further call, and the driver restarts it from its storage. A restart is :meth:`Host.open`
+on the same storage: the engine is built from what was persisted, nothing else. A storage with no
+state (new or lost) gives the node a new incarnation equal to the wall clock in ms, which is
+larger than any earlier incarnation of that node without remembering it (protocol.md §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from crdtcoord.engine import (
+    Engine,
+    Event,
+    Kind,
+    Persist,
+    Send,
+)
+from crdtcoord.host.storage import Storage, StorageError
+
+__all__ = ["EventSink", "Host", "SendFn"]
+
+#: ``send(peer, data, kind)``: hand one encoded message to the transport.
+SendFn = Callable[[str, bytes, Kind], None]
+#: Receives every event (Changed, WriteDone, ...) in order.
+EventSink = Callable[[Event], None]
+#: Called with the events of a poll before its write; returns counters stored in the same write.
+MetaFn = Callable[[list[Event]], dict[str, int] | None]
+
+
+class Host:
+    """Runs one :class:`Engine` against a :class:`Storage` (see the module documentation)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        storage: Storage,
+        send: SendFn,
+        on_event: EventSink | None = None,
+        *,
+        meta: MetaFn | None = None,
+    ) -> None:
+        self.engine = engine
+        self.storage = storage
+        self._send = send
+        self._on_event = on_event
+        self._meta = meta
+        self._failed: BaseException | None = None
+        #: driver counters restored from the storage by :meth:`open`
+        self.restored_meta: dict[str, int] = {}
+
+    @classmethod
+    def open(
+        cls,
+        node_id: str,
+        storage: Storage,
+        send: SendFn,
+        on_event: EventSink | None = None,
+        *,
+        wall_ms: int,
+        meta: MetaFn | None = None,
+        **engine_args: Any,
+    ) -> Host:
+        """Build the engine from ``storage`` (or, with no stored state, under a new incarnation
+        ``wall_ms``); ``engine_args`` go to :class:`Engine` (seeds, config, clocks...)."""
+        snap = storage.open(node_id)
+        if snap is None:
+            if type(wall_ms) is not int or wall_ms < 0:
+                raise StorageError("a new node needs the wall clock (ms) as its incarnation")
+            storage.create(node_id, wall_ms)
+            engine = Engine(node_id, incarnation=wall_ms, **engine_args)
+        else:
+            engine = Engine(
+                node_id,
+                incarnation=snap.incarnation,
+                store=snap.states,
+                versions=snap.versions,
+                op_ids=snap.op_ids,
+                **engine_args,
+            )
+        host = cls(engine, storage, send, on_event, meta=meta)
+        host.restored_meta = dict(snap.meta) if snap is not None else {}
+        return host
+
+    # ------------------------------------------------------------------ inputs
+
+    def _ok(self) -> Engine:
+        if self._failed is not None:
+            raise StorageError(f"host stopped after a failed write: {self._failed}")
+        return self.engine
+
+    def start(self, now: float) -> None:
+        self._ok().start(now)
+        self.run()
+
+    def update(self, key: str, factory: Any, fn: Any, now: float, **kw: Any) -> int:
+        """:meth:`Engine.update`, then run the effects."""
+        try:
+            return self._ok().update(key, factory, fn, now, **kw)
+        finally:
+            self.run()
+
+    def read(self, key: str, now: float, **kw: Any) -> int:
+        try:
+            return self._ok().read(key, now, **kw)
+        finally:
+            self.run()
+
+    def receive(self, data: bytes, now: float) -> None:
+        """:meth:`Engine.receive`, then run the effects (a :class:`ProtocolError` propagates; a
+        rejected message produced none)."""
+        try:
+            self._ok().receive(data, now)
+        finally:
+            self.run()
+
+    def tick(self, now: float) -> None:
+        try:
+            self._ok().tick(now)
+        finally:
+            self.run()
+
+    def leave(self, now: float) -> None:
+        try:
+            self._ok().leave(now)
+        finally:
+            self.run()
+
+    def next_deadline(self) -> float | None:
+        return self._ok().next_deadline()
+
+    # ------------------------------------------------------------------ the effect loop
+
+    def run(self) -> None:
+        """Execute the engine's effects in order: the poll's writes first (one transaction),
+        then its sends and events."""
+        if self._failed is not None:
+            return
+        effects = self.engine.poll()
+        if not effects:
+            return
+        batch = [e for e in effects if isinstance(e, Persist)]
+        events: list[Event] = [e for e in effects if not isinstance(e, Persist | Send)]
+        meta = self._meta(events) if self._meta is not None else None
+        if batch or meta:
+            try:
+                self.storage.write(batch, meta)
+            except BaseException as exc:
+                self._failed = exc
+                raise
+        send, sink = self._send, self._on_event
+        for e in effects:
+            if isinstance(e, Send):
+                send(e.peer, e.data, e.kind)
+            elif sink is not None and not isinstance(e, Persist):
+                sink(e)
+
+    def __repr__(self) -> str:
+        return f"Host({self.engine!r}, {type(self.storage).__name__})"
