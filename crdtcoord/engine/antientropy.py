@@ -53,6 +53,7 @@ class Exchange:
 class _Repair:
     due: float
     gen: int
+    attempts: int = 0  # exchanges started for it since the peer last answered
 
 
 class AntiEntropy:
@@ -107,6 +108,22 @@ class AntiEntropy:
 
     def cancel_repair(self, peer: str) -> None:
         self._repairs.pop(peer, None)
+
+    def heard_from(self, peer: str) -> None:
+        """Any message from ``peer``. A repair that went unanswered twice means the peer was cut
+        off; hearing from it means the partition healed: run every such repair now."""
+        rep = self._repairs.get(peer)
+        if rep is None:
+            return
+        if rep.attempts >= 2:
+            now = self._core.now
+            for other in self._repairs.values():
+                if other.attempts >= 2:
+                    other.due = now
+                    other.attempts = 0
+            self._core.count("repair_heals_detected")
+        else:
+            rep.attempts = 0
 
     def begin(self, peer: str, mode: str | None = None) -> int:
         """Start an exchange with ``peer``; returns its id."""
@@ -241,6 +258,7 @@ class AntiEntropy:
             for p, rep in list(self._repairs.items()):
                 if now >= rep.due:
                     rep.due = now + retry
+                    rep.attempts += 1
                     self.begin(p, "push-pull")  # a repair must push what the peer lacks
         if self._next is not None and now >= self._next:
             while self._next <= now:

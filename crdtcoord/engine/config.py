@@ -66,14 +66,23 @@ class EngineConfig:
     #: Peers each flush goes to: None = every known peer; k = k peers, round-robin.
     delta_fanout: int | None = None
     #: Re-push received deltas that inflated the local state (never back to their sender).
-    forward_deltas: bool = True
-    #: Re-push states received by anti-entropy that inflated the local state (so one repair
-    #: across a healed partition spreads to the rest of each side by delta propagation).
-    forward_repairs: bool = True
-    #: A resend to a silent peer larger than this goes to anti-entropy (root probe first).
-    probe_bytes: int = 2048
-    #: Resend unacknowledged deltas after this long.
+    #: None (the default): only when ``delta_fanout`` is set. With every peer as a target the
+    #: origin reaches everyone itself (retrying until acknowledged), and forwarding would cost
+    #: about n² messages per update for nothing.
+    forward_deltas: bool | None = None
+    #: Re-push states received by anti-entropy that inflated the local state. Off by default:
+    #: it spreads a repair faster but multiplies its bytes, and would make a node that lost its
+    #: disk re-broadcast the whole store once repaired.
+    forward_repairs: bool = False
+    #: A resend to a silent peer larger than this goes to anti-entropy (a root probe first).
+    #: None (the default): never. Without forwarding a node's backlog holds its own updates
+    #: only, and resending it never costs more than a descent that ships whole states.
+    probe_bytes: int | None = None
+    #: Retransmission timeout before the round trip to a peer is measured; the timeout backs
+    #: off up to 4x this while a peer stays silent.
     retransmit_after: float = 0.5
+    #: Lower bound of the measured retransmission timeout (smoothed RTT + 4 deviations).
+    retransmit_min: float = 0.05
     #: Delta-buffer entries kept for slow peers; a peer behind that gets an anti-entropy repair.
     delta_buffer: int = 4096
     #: Byte budgets: per message (larger messages travel as chunks) and per repair round.
@@ -89,6 +98,13 @@ class EngineConfig:
     dedupe_window: int = 10_000
     limits: Limits = field(default=DEFAULT_LIMITS)
 
+    @property
+    def forwarding(self) -> bool:
+        """Whether received deltas that inflated the state are forwarded (see forward_deltas)."""
+        if self.forward_deltas is None:
+            return self.delta_fanout is not None
+        return self.forward_deltas
+
     def __post_init__(self) -> None:
         if self.ae_interval <= 0 or self.delta_delay < 0 or self.retransmit_after <= 0:
             raise InvalidArgument("intervals must be positive")
@@ -98,6 +114,10 @@ class EngineConfig:
             raise InvalidArgument("budgets: max_message_bytes >= 1024, max_round_bytes >= it")
         if self.delta_buffer < 1 or self.dedupe_window < 0 or self.op_timeout <= 0:
             raise InvalidArgument("delta_buffer >= 1, dedupe_window >= 0, op_timeout > 0")
+        if not 0 < self.retransmit_min <= self.retransmit_after:
+            raise InvalidArgument("need 0 < retransmit_min <= retransmit_after")
+        if self.probe_bytes is not None and self.probe_bytes < 0:
+            raise InvalidArgument("probe_bytes must be >= 0 or None")
         if self.delta_fanout is not None and self.delta_fanout < 1:
             raise InvalidArgument("delta_fanout must be >= 1 or None")
         if self.ae_mode not in ("push", "pull", "push-pull"):

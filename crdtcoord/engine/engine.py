@@ -29,6 +29,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from crdtcoord._exceptions import InvalidArgument
@@ -178,9 +179,7 @@ class Engine:
     def peer_stream(self, peer: str) -> PeerStream | None:
         """A copy of this node's delta stream state towards ``peer`` (None if never used)."""
         st = self._propagation.stream_to(peer)
-        return (
-            None if st is None else PeerStream(st.acked, st.sent, st.floor, st.retry_at, st.silent)
-        )
+        return None if st is None else replace(st)
 
     def repairs(self) -> list[str]:
         """Peers owed an anti-entropy repair."""
@@ -316,13 +315,14 @@ class Engine:
         """
         core = self._core
         core.advance(now)
-        check_key(key)
+        if type(key) is not str or key[:1] == "$" or key not in self._store:
+            check_key(key)  # (a key already in the store was checked when it was created)
         if op_id is not None:
             _check_op_id(op_id)
             if op_id in self._op_ids:
                 core.count("deduplicated_ops")
                 return self._confirm(op_id, key, consistency, timeout)
-        required = consistency.required(self.member_count())
+        required = 1 if consistency is LOCAL else consistency.required(self.member_count())
         delta, _ = self._store.update(key, factory, fn, op_id)
         if op_id is not None:
             self._op_ids.add(op_id)
@@ -446,13 +446,14 @@ class Engine:
         core.count(f"received_{env.kind.name}")
         core.count("bytes_received", env.size)
         self._propagation.heard_from(env.sender)
+        self._ae.heard_from(env.sender)
         self._dispatch(env)
 
     def _dispatch(self, env: Envelope) -> None:
         peer = env.sender
         match env.body:
             case Delta() as m:
-                self._join(m.entries, peer, forward=self.config.forward_deltas)
+                self._join(m.entries, peer, forward=self.config.forwarding)
                 self._core.send(peer, Ack(m.stream, m.lo, m.hi), env.msg_id)
             case Ack() as m:
                 self._propagation.on_ack(peer, m)

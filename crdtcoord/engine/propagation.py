@@ -4,9 +4,13 @@ retransmission and forwarding.
 Local deltas (and received deltas that inflated the store) are batched for ``delta_delay``,
 then become one numbered buffer entry and are pushed to the targets. Each peer's stream keeps
 ``acked`` and ``sent``; an ACK ``(lo, hi]`` advances ``acked`` only if it does not skip an
-unacknowledged range. Unacknowledged ranges are resent after ``retransmit_after``, doubling up
-to ``4 * retransmit_after`` while the peer stays silent, and at once when the silent peer is
-heard from again.
+unacknowledged range.
+
+**Retransmission** follows TCP's rules (RFC 6298): the timeout is the smoothed round trip plus
+four deviations, measured from acknowledgements of ranges sent once (Karn), at least
+``retransmit_min`` — ``retransmit_after`` before the first measurement — doubling while the peer
+stays silent, up to ``4 * retransmit_after``. A message from a silent peer means the link (or the
+partition) healed: every silent peer gets its backlog at once, and the backoff starts over.
 
 **Which path.** A resend, or a push after the peer fell silent, that would ship more than
 ``probe_bytes`` goes to anti-entropy instead: a root probe costs one small message pair, and
@@ -49,12 +53,28 @@ class PeerStream:
     floor: int = 0
     retry_at: float | None = None
     silent: int = 0
+    healed_at: float = float("-inf")  # the last resend triggered by a sign of life
+    #: round-trip estimate (RFC 6298): smoothed RTT and its deviation, None before a sample
+    srtt: float | None = None
+    rttvar: float = 0.0
+    #: the range end being timed and when it was sent (only ranges sent once are timed)
+    timing: tuple[int, float] | None = None
+
+
+#: Timeouts in a row after which a peer counts as cut off (not just one lost message).
+_CUT_OFF = 2
 
 
 @dataclass(slots=True)
 class _LogEntry:
     seq: int
     deltas: dict[str, tuple[CRDTBase, frozenset[str]]]  # key -> (joined delta, origins)
+    size: int = -1  # encoded size of the deltas, computed when first needed
+
+    def wire_size(self) -> int:
+        if self.size < 0:
+            self.size = sum(len(k) + len(encode(d)) for k, (d, _) in self.deltas.items())
+        return self.size
 
 
 class Propagation:
@@ -80,7 +100,7 @@ class Propagation:
         self._log: deque[_LogEntry] = deque()
         self.seq = 0
         self._peers: dict[str, PeerStream] = {}
-        self._rr = 0
+        self._rr = -1  # round-robin position; starts at a random peer (see targets)
 
     # ------------------------------------------------------------------ inspection
 
@@ -99,11 +119,23 @@ class Propagation:
             return
         cur = self._pending.get(key)
         if cur is None:
-            self._pending[key] = (delta.copy(), {origin})
+            # The delta is owned from here on (mutators and decoders hand out fresh objects;
+            # a Persist may still refer to it, and joining more into it keeps that a superset
+            # of what memory holds, which is still safe to persist).
+            self._pending[key] = (delta, {origin})
+            if self._pending_since is None:
+                self._pending_since = self._core.now
+            return
+        joined = cur[0]
+        if type(joined) is type(delta) and not delta.HAS_PARAMS:
+            joined.merge(delta)
         else:
-            self._pending[key] = (join_ranked(cur[0], delta), cur[1] | {origin})
-        if self._pending_since is None:
-            self._pending_since = self._core.now
+            joined = join_ranked(joined, delta)
+        if origin in cur[1]:
+            if joined is not cur[0]:
+                self._pending[key] = (joined, cur[1])
+        else:
+            self._pending[key] = (joined, cur[1] | {origin})
 
     def flush(self) -> int:
         """Turn the pending deltas into the next buffer entry; returns its sequence number."""
@@ -123,6 +155,8 @@ class Propagation:
         peers = self._members.peers()
         if fanout is None or fanout >= len(peers):
             return peers
+        if self._rr < 0:  # nodes must not all forward to the same first peers
+            self._rr = self._core.rng.randrange(len(peers))
         out = []
         for _ in range(fanout):
             out.append(peers[self._rr % len(peers)])
@@ -147,6 +181,10 @@ class Propagation:
         if st.acked < first - 1:
             self.mark_behind(p, st)  # it missed entries no longer held
             return
+        if st.silent and st.acked < st.sent:
+            # The peer has not answered for a while: don't stack more ranges on a dead link
+            # (the next resend carries everything from `acked`).
+            return
         lo = max(st.sent, first - 1)
         joined: dict[str, CRDTBase] = {}
         for e in islice(self._log, lo - first + 1, None):
@@ -162,9 +200,6 @@ class Propagation:
                 st.acked = self.seq
             st.sent = self.seq
             return
-        if st.silent and st.acked < st.sent:
-            # The peer has not answered for a while: don't stack more ranges on a dead link.
-            return
         entries = tuple(Entry(k, d, self._store.version(k)) for k, d in joined.items())
         msg = Delta(self.stream, lo, self.seq, entries)
         _, data = core.encode(msg)
@@ -173,7 +208,9 @@ class Propagation:
             return
         core.emit_bytes(p, data, msg.KIND)
         if st.acked >= st.sent:
-            st.retry_at = core.now + core.config.retransmit_after
+            st.retry_at = core.now + self._rto(st)
+        if st.timing is None and not st.silent:
+            st.timing = (self.seq, core.now)
         st.sent = self.seq
         core.count("delta_messages")
 
@@ -234,53 +271,84 @@ class Propagation:
             self._core.count("acks_out_of_order")
             return
         if ack.hi > st.acked:
+            now = self._core.now
+            if st.timing is not None and ack.hi >= st.timing[0]:
+                self._sample(st, now - st.timing[1])
+                st.timing = None
             st.acked = min(ack.hi, self.seq)
             st.silent = 0
-            st.retry_at = (
-                None if st.acked >= st.sent else self._core.now + self._core.config.retransmit_after
-            )
+            st.retry_at = None if st.acked >= st.sent else now + self._rto(st)
         self._acked(peer, st.acked, st.floor)
         self.gc()
 
     def heard_from(self, peer: str) -> None:
-        """Any message from ``peer``: if it had gone silent, resend to it now."""
+        """Any message from ``peer``. If it had gone silent, the link (or the partition) has
+        healed: resend now to it and to every other silent peer (they were probably cut off
+        by the same partition, and would otherwise wait for their backed-off timers)."""
         st = self._peers.get(peer)
-        if st is not None and st.silent and st.retry_at is not None:
-            self._retry(peer, st)
+        if st is None or st.silent < _CUT_OFF or st.retry_at is None:
+            return
+        self._core.count("heals_detected")
+        now = self._core.now
+        quiet_since = now - self._core.config.retransmit_after
+        for p, other in list(self._peers.items()):
+            if (
+                other.silent >= _CUT_OFF
+                and other.retry_at is not None
+                and other.acked < other.sent
+                and other.healed_at <= quiet_since  # one resend per heal, not one per message
+            ):
+                other.healed_at = now
+                other.silent = 0  # the backoff starts over
+                self._retry(p, other)
 
     # ------------------------------------------------------------------ time
 
     def _retry(self, p: str, st: PeerStream) -> None:
         core = self._core
         c = core.config
-        st.silent += 1
-        st.retry_at = core.now + min(
-            c.retransmit_after * (1 << min(st.silent, 3)), 4 * c.retransmit_after
-        )
         core.count("retransmits")
-        if self._backlog_bytes(st) > c.probe_bytes:
+        if c.probe_bytes is not None and self._backlog_bytes(st) > c.probe_bytes:
             self.mark_behind(p, st, probe=True)
             return
+        silent = st.silent + 1
         st.sent = st.acked
+        st.silent = 0  # (so that the range goes out now)
         self._send_range(p, st)
+        st.silent = silent
+        st.timing = None  # Karn: a resent range is not timed
+        rto = self._rto(st)
+        backoff = rto * (1 << min(silent - 1, 6))
+        st.retry_at = core.now + min(backoff, max(4 * c.retransmit_after, rto))
+
+    def _rto(self, st: PeerStream) -> float:
+        """The retransmission timeout before backoff (RFC 6298, section 2)."""
+        c = self._core.config
+        if st.srtt is None:
+            return c.retransmit_after
+        return max(c.retransmit_min, st.srtt + 4 * st.rttvar)
+
+    @staticmethod
+    def _sample(st: PeerStream, rtt: float) -> None:
+        if st.srtt is None:
+            st.srtt, st.rttvar = rtt, rtt / 2
+        else:
+            st.rttvar = 0.75 * st.rttvar + 0.25 * abs(st.srtt - rtt)
+            st.srtt = 0.875 * st.srtt + 0.125 * rtt
 
     def _backlog_bytes(self, st: PeerStream) -> int:
-        """Rough encoded size of the unacknowledged range (stops counting past the threshold)."""
+        """Encoded size of the unacknowledged range, roughly (stops past the threshold)."""
         if not self._log:
             return 0
-        limit = self._core.config.probe_bytes
+        limit = self._core.config.probe_bytes or 0
         first = self._log[0].seq
         if st.acked < first - 1:
             return limit + 1
         total = 0
-        seen: set[str] = set()
         for e in islice(self._log, max(0, st.acked - first + 1), None):
-            for key, (delta, _) in e.deltas.items():
-                if key not in seen:
-                    seen.add(key)
-                    total += len(key) + len(encode(delta))
-                    if total > limit:
-                        return total
+            total += e.wire_size()  # an upper bound: a key in several entries counts each time
+            if total > limit:
+                break
         return total
 
     def next_deadline(self) -> float | None:

@@ -70,6 +70,7 @@ class Store:
         self._states: dict[str, CRDTBase] = {}
         self._vv: dict[str, VersionVector] = {}
         self.index = DigestIndex(self._digest)
+        self._update_ctx = UpdateContext(core.actor, core.hlc)
 
     def load(self, states: Mapping[str, CRDTBase], versions: Mapping[str, VersionVector]) -> None:
         """Take ownership of restored states (from storage) before the engine starts."""
@@ -146,17 +147,21 @@ class Store:
         """
         core = self._core
         state = self._states.get(key)
-        proto = factory()
-        if not isinstance(proto, CRDTBase):
-            raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
         created = state is None
-        if state is None:
-            state = proto
-        elif rank(state) != rank(proto):
-            raise IncompatibleMerge(
-                f"key {key!r} holds a {type(state).__name__}, not a {type(proto).__name__}"
-            )
-        ctx = UpdateContext(core.actor, core.hlc)
+        if state is None or type(state) is not factory or state.HAS_PARAMS:
+            # (the fast path: an existing key updated with its own parameterless type)
+            if not callable(factory):
+                raise InvalidArgument(f"factory must be a CRDT type or callable: {factory!r}")
+            proto = factory()
+            if not isinstance(proto, CRDTBase):
+                raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
+            if state is None:
+                state = proto
+            elif rank(state) != rank(proto):
+                raise IncompatibleMerge(
+                    f"key {key!r} holds a {type(state).__name__}, not a {type(proto).__name__}"
+                )
+        ctx = self._update_ctx
         if isinstance(fn, Op):
             delta = state.apply(fn, ctx)
         else:
@@ -177,7 +182,7 @@ class Store:
             self._states[key] = state
         self.index.touch(key)
         vv = None
-        if self.is_critical(key, state):
+        if state.CRITICAL_BY_DEFAULT if self._critical is None else self._critical(key, state):
             vv = self._vv.setdefault(key, VersionVector())
             vv.increment(core.actor)
             vv = vv.copy()

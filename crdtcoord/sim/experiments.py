@@ -23,6 +23,7 @@ from crdtcoord.sim.simulation import Simulation
 from crdtcoord.types import CRDTBase, GCounter
 
 __all__ = [
+    "PATHS",
     "REFERENCE_ROUNDS",
     "Mode",
     "convergence_rows",
@@ -205,6 +206,17 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
     }
 
 
+#: How a heal is repaired: ``auto`` (the engine's defaults pick per peer: resend the buffered
+#: deltas while the buffer holds them, repair by anti-entropy once it overflowed), or one path
+#: forced — ``delta`` (a buffer that never overflows) or ``repair`` (a 32-entry buffer that
+#: overflows into Merkle repairs within seconds).
+PATHS: dict[str, dict[str, Any]] = {
+    "auto": {},
+    "delta": {"delta_buffer": 1_000_000},
+    "repair": {"delta_buffer": 32},
+}
+
+
 def partition_heal(
     duration: float,
     *,
@@ -212,12 +224,14 @@ def partition_heal(
     seed: int = 0,
     update_rate: float = 20.0,
     keys: int = 200,
-    delta_buffer: int = 256,
+    path: str = "auto",
     loss: float = 0.01,
+    **config: Any,
 ) -> dict[str, Any]:
     """Split ``nodes`` replicas in two for ``duration`` seconds while both sides keep updating,
-    heal, and measure the time and bytes until every replica has the same digest again."""
-    cfg = EngineConfig(ae_interval=1.0, ae_jitter=0.2, delta_buffer=delta_buffer)
+    heal, and measure the time and bytes until every replica has the same digest again.
+    ``path`` picks the repair path (see :data:`PATHS`); ``config`` overrides engine settings."""
+    cfg = EngineConfig(ae_interval=1.0, ae_jitter=0.2, **{**PATHS[path], **config})
     net = NetworkConfig(LinkConfig(latency=Uniform(0.001, 0.010), loss=loss))
     sim = Simulation(nodes, seed=seed, config=cfg, network=net, record_events=False, stagger=True)
     names = sim.names
@@ -254,4 +268,5 @@ def partition_heal(
             e.metrics.get("repairs_scheduled", 0) for e in sim.engines.values()
         ),
         "updates": int(duration * update_rate),
+        "path": path,
     }

@@ -329,11 +329,20 @@ class CRDTBase:
         """Parameters two states must share to be joinable (e.g. a counter's lower bound)."""
         return ()
 
+    #: True when the type has parameters (it overrides ``compat_key``); set automatically.
+    HAS_PARAMS: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.HAS_PARAMS = cls.compat_key is not CRDTBase.compat_key
+
     def _check_mergeable(self, other: object) -> None:
         if type(other) is not type(self):
             raise IncompatibleMerge(
                 f"cannot merge {type(other).__name__} into {type(self).__name__}"
             )
+        if not self.HAS_PARAMS:
+            return
         assert isinstance(other, CRDTBase)
         if other.compat_key() != self.compat_key():
             raise IncompatibleMerge(

@@ -36,7 +36,8 @@ def add(e: Any) -> Any:
     return lambda s, ctx: s.add(ctx.replica, e)
 
 
-QUIET = EngineConfig(ae_enabled=False, gossip_membership=False)
+QUIET_ARGS: dict[str, Any] = {"ae_enabled": False, "gossip_membership": False}
+QUIET = EngineConfig(**QUIET_ARGS)
 
 
 def kinds(cluster: ManualCluster) -> list[str]:
@@ -85,7 +86,7 @@ def test_deltas_are_batched_per_key() -> None:
 
 
 def test_receivers_forward_what_inflated_but_never_back() -> None:
-    c = ManualCluster(["a", "b", "c"], QUIET)
+    c = ManualCluster(["a", "b", "c"], EngineConfig(**{**QUIET_ARGS, "forward_deltas": True}))
     c.partition(["a", "b"], ["b", "c"])  # groups are exclusive: b ends up with c only
     c.groups = {"a": 0, "b": 0}
     c.update("a", "k", GSet, add(1))
@@ -97,6 +98,31 @@ def test_receivers_forward_what_inflated_but_never_back() -> None:
     assert [m.dst for m in sends] == ["c"]  # forwarded to c, never back to a
     c.flush_network()
     assert c.engines["c"].value("k") == frozenset({1})
+
+
+def test_a_full_mesh_sends_each_update_once_per_peer() -> None:
+    """With every peer as a target, receivers do not forward (the origin reaches everyone; a
+    forward would cost about n² messages per update)."""
+    names = [f"n{i}" for i in range(8)]
+    c = ManualCluster(names, QUIET)
+    c.update("n0", "k", GCounter, inc())
+    c.tick(0.01)
+    c.flush_network()
+    c.tick(0.01)
+    sent = {m: sum(e.metrics.get(f"sent_{m}", 0) for e in c.engines.values()) for m in ("DELTA",)}
+    assert sent == {"DELTA": 7}
+    assert {e.value("k") for e in c.engines.values()} == {1}
+
+
+def test_epidemic_fanout_forwards() -> None:
+    names = [f"n{i}" for i in range(8)]
+    c = ManualCluster(names, EngineConfig(**{**QUIET_ARGS, "delta_fanout": 2}))
+    c.update("n0", "k", GCounter, inc())
+    for _ in range(6):
+        c.tick(0.01)
+        c.flush_network()
+    reached = sum(1 for e in c.engines.values() if e.value("k") == 1)
+    assert reached > 3  # beyond the origin's two targets: the receivers forwarded
 
 
 def test_lost_deltas_are_retransmitted() -> None:
