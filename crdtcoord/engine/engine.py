@@ -314,14 +314,23 @@ class Engine:
         its consistency level like the original (the key's state is pushed again).
         """
         core = self._core
-        core.advance(now)
-        if type(key) is not str or key[:1] == "$" or key not in self._store:
+        if now != core.now:
+            core.advance(now)
+        if type(key) is not str or key not in self._store or key[0] == "$":
             check_key(key)  # (a key already in the store was checked when it was created)
         if op_id is not None:
             _check_op_id(op_id)
             if op_id in self._op_ids:
                 core.count("deduplicated_ops")
                 return self._confirm(op_id, key, consistency, timeout)
+        if consistency is LOCAL and op_id is None:
+            # the common path, inlined: apply, batch the delta, report, a handle
+            delta, _ = self._store.update(key, factory, fn, None)
+            self._propagation.enqueue(key, delta, core.node_id)
+            if self._feed.active:
+                self._feed.changed(key, None)
+            core._handle += 1
+            return core._handle
         required = 1 if consistency is LOCAL else consistency.required(self.member_count())
         delta, _ = self._store.update(key, factory, fn, op_id)
         if op_id is not None:

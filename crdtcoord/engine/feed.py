@@ -21,26 +21,39 @@ class Feed:
         self._core = core
         self._subs: dict[int, tuple[str | None, str | None]] = {}
         self._seq = 0
-        #: report every change, subscribed or not (a driver that keeps a change log sets it)
-        self.all_changes = False
+        self._all = False
+        #: does any change produce an event? (read on every update: a plain attribute)
+        self.active = False
+
+    @property
+    def all_changes(self) -> bool:
+        """Report every change, subscribed or not (a driver that keeps a change log sets it)."""
+        return self._all
+
+    @all_changes.setter
+    def all_changes(self, on: bool) -> None:
+        self._all = on
+        self.active = bool(self._subs) or on
 
     def subscribe(self, *, key: str | None = None, prefix: str | None = None) -> int:
         if key is not None and prefix is not None:
             raise InvalidArgument("subscribe to a key or a prefix, not both")
         self._seq += 1
         self._subs[self._seq] = (key, prefix)
+        self.active = True
         return self._seq
 
     def unsubscribe(self, sub: int) -> None:
         self._subs.pop(sub, None)
+        self.active = bool(self._subs) or self._all
 
     def changed(self, key: str, origin: str | None) -> None:
-        if not self._subs and not self.all_changes:
+        if not self.active:
             return
         hits = tuple(
             s
             for s, (k, p) in self._subs.items()
             if (k is None and p is None) or k == key or (p is not None and key.startswith(p))
         )
-        if hits or self.all_changes:
+        if hits or self._all:
             self._core.emit(Changed(key, origin, hits))

@@ -63,6 +63,22 @@ class PeerStream:
 
 #: Timeouts in a row after which a peer counts as cut off (not just one lost message).
 _CUT_OFF = 2
+#: Pending deltas of one key are joined at flush, or once this many accumulated.
+_JOIN_EVERY = 64
+
+
+def _join_all(deltas: list[CRDTBase]) -> CRDTBase:
+    """A fresh join of ``deltas`` (two types at one key: the larger rank wins, as in the store)."""
+    if len(deltas) == 1:
+        return deltas[0]
+    first = deltas[0]
+    kind = type(first)
+    if not first.HAS_PARAMS and all(type(d) is kind for d in deltas):
+        return kind.join_all(deltas)
+    out = first.copy()
+    for d in islice(deltas, 1, None):
+        out = join_ranked(out, d)
+    return out
 
 
 @dataclass(slots=True)
@@ -95,7 +111,7 @@ class Propagation:
         self._repair = repair  # (peer, probe): hand the peer to anti-entropy
         self._acked = acked  # (peer, acked, floor): a peer acknowledged up to `acked`
         self.stream = core.id.process & ((1 << 62) - 1)
-        self._pending: dict[str, tuple[CRDTBase, set[str]]] = {}
+        self._pending: dict[str, tuple[list[CRDTBase], set[str]]] = {}
         self._pending_since: float | None = None
         self._log: deque[_LogEntry] = deque()
         self.seq = 0
@@ -114,34 +130,32 @@ class Propagation:
     # ------------------------------------------------------------------ outgoing
 
     def enqueue(self, key: str, delta: CRDTBase, origin: str, *, force: bool = False) -> None:
-        """Batch a delta to push (``origin``: this node, or the peer it came from)."""
+        """Batch a delta to push (``origin``: this node, or the peer it came from).
+
+        The deltas of one key are kept as a list and joined when the batch is flushed (or every
+        ``_JOIN_EVERY`` deltas): an update pays an append, the join happens once per batch. The
+        delta is not copied — mutators and decoders hand out fresh objects, and the join builds
+        a new one."""
         if not (self._core.config.push_deltas or force):
             return
         cur = self._pending.get(key)
         if cur is None:
-            # The delta is owned from here on (mutators and decoders hand out fresh objects;
-            # a Persist may still refer to it, and joining more into it keeps that a superset
-            # of what memory holds, which is still safe to persist).
-            self._pending[key] = (delta, {origin})
+            self._pending[key] = ([delta], {origin})
             if self._pending_since is None:
                 self._pending_since = self._core.now
             return
-        joined = cur[0]
-        if type(joined) is type(delta) and not delta.HAS_PARAMS:
-            joined.merge(delta)
-        else:
-            joined = join_ranked(joined, delta)
-        if origin in cur[1]:
-            if joined is not cur[0]:
-                self._pending[key] = (joined, cur[1])
-        else:
-            self._pending[key] = (joined, cur[1] | {origin})
+        deltas, origins = cur
+        deltas.append(delta)
+        if origin not in origins:
+            origins.add(origin)
+        if len(deltas) >= _JOIN_EVERY:
+            deltas[:] = [_join_all(deltas)]
 
     def flush(self) -> int:
         """Turn the pending deltas into the next buffer entry; returns its sequence number."""
         if self._pending:
             self.seq += 1
-            entry = {k: (d, frozenset(o)) for k, (d, o) in self._pending.items()}
+            entry = {k: (_join_all(d), frozenset(o)) for k, (d, o) in self._pending.items()}
             self._log.append(_LogEntry(self.seq, entry))
             self._pending = {}
             self._pending_since = None

@@ -70,6 +70,7 @@ class Store:
         self._states: dict[str, CRDTBase] = {}
         self._vv: dict[str, VersionVector] = {}
         self.index = DigestIndex(self._digest)
+        self._dirty = self.index.dirty
         self._update_ctx = UpdateContext(core.actor, core.hlc)
 
     def load(self, states: Mapping[str, CRDTBase], versions: Mapping[str, VersionVector]) -> None:
@@ -145,25 +146,31 @@ class Store:
         applied. A refused update raises and changes nothing (except that a callback which
         mutated before failing has its mutation persisted, so memory and storage agree).
         """
-        core = self._core
-        state = self._states.get(key)
-        created = state is None
-        if state is None or type(state) is not factory or state.HAS_PARAMS:
-            # (the fast path: an existing key updated with its own parameterless type)
+        found = self._states.get(key)
+        created = found is None
+        state: CRDTBase
+        if found is not None and type(found) is factory and not found.HAS_PARAMS:
+            state = found  # the fast path: an existing key updated with its own plain type
+        else:
             if not callable(factory):
                 raise InvalidArgument(f"factory must be a CRDT type or callable: {factory!r}")
             proto = factory()
             if not isinstance(proto, CRDTBase):
                 raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
-            if state is None:
+            if found is None:
                 state = proto
-            elif rank(state) != rank(proto):
+            elif rank(found) != rank(proto):
                 raise IncompatibleMerge(
-                    f"key {key!r} holds a {type(state).__name__}, not a {type(proto).__name__}"
+                    f"key {key!r} holds a {type(found).__name__}, not a {type(proto).__name__}"
                 )
+            else:
+                state = found
+        core = self._core
         ctx = self._update_ctx
         if isinstance(fn, Op):
-            delta = state.apply(fn, ctx)
+            if not isinstance(state, getattr(type(fn), "TYPE", ())):
+                state.apply(fn, ctx)  # raises the descriptive InvalidArgument
+            delta = fn.apply(state, ctx)
         else:
             try:
                 delta = fn(state, ctx)
@@ -180,13 +187,13 @@ class Store:
                 )
         if created:
             self._states[key] = state
-        self.index.touch(key)
+        self._dirty[key] = None  # (the digest index re-digests it before the next comparison)
         vv = None
         if state.CRITICAL_BY_DEFAULT if self._critical is None else self._critical(key, state):
             vv = self._vv.setdefault(key, VersionVector())
             vv.increment(core.actor)
             vv = vv.copy()
-        core.emit(Persist(key, delta, vv=vv, op_id=op_id))
+        core.effects.append(Persist(key, delta, vv, False, op_id))
         return delta, vv
 
     def _repersist(self, key: str, state: CRDTBase) -> None:

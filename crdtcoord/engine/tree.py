@@ -97,12 +97,12 @@ class DigestIndex:
     __slots__ = (
         "_digest_fn",
         "_digests",
-        "_dirty",
         "_groups",
         "_hashes",
         "_leaves",
         "_nodes",
         "_root",
+        "dirty",
     )
 
     def __init__(self, digest_fn: Callable[[str], bytes]) -> None:
@@ -115,15 +115,16 @@ class DigestIndex:
         self._nodes: list[dict[int, int]] = [{} for _ in range(_MAINTAINED + 1)]
         # level-3 prefix -> keys under it
         self._groups: dict[int, dict[str, None]] = {}
-        self._dirty: dict[str, None] = {}
+        #: keys changed since the last refresh (a caller may add to it directly: it is touch())
+        self.dirty: dict[str, None] = {}
 
     def touch(self, key: str) -> None:
         """``key`` was created or changed: re-digest it before the next comparison."""
-        self._dirty[key] = None
+        self.dirty[key] = None
 
     def refresh(self) -> int:
         """Re-digest every changed key; returns how many were recomputed."""
-        dirty = self._dirty
+        dirty = self.dirty
         if not dirty:
             return 0
         n = len(dirty)
@@ -149,7 +150,7 @@ class DigestIndex:
             for level in range(1, _MAINTAINED + 1):
                 p = prefix_of(h, level)
                 nodes[level][p] = (nodes[level].get(p, 0) ^ d64) + add
-        self._dirty = {}
+        dirty.clear()
         return n
 
     # ------------------------------------------------------------------ queries

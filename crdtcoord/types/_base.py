@@ -308,6 +308,15 @@ class CRDTBase:
     def from_payload(cls, payload: Any, version: int, reader: Reader, depth: int) -> Self:
         raise NotImplementedError
 
+    @classmethod
+    def join_all(cls, states: list[Self]) -> Self:
+        """A fresh join of ``states`` (all of this type and parameters). Types may override it
+        with a one-pass version; the engine uses it to batch deltas."""
+        out = states[0].copy()
+        for s in states[1:]:
+            out.merge(s)
+        return out
+
     def apply(self, op: Op, ctx: UpdateContext | str) -> Self:
         """Apply one of this type's ops and return its delta; ``ctx`` may be a replica id."""
         if not isinstance(op, Op) or not isinstance(self, getattr(type(op), "TYPE", ())):

@@ -95,6 +95,19 @@ class GCounter(CRDTBase):
         self.merge(delta)
         return delta
 
+    @classmethod
+    def join_all(cls, states: list[Self]) -> Self:
+        out = cls()
+        c = out._c
+        for s in states:
+            if type(s) is not cls:
+                s._check_mergeable(out)
+            for r, n in s._c.items():
+                if n > c.get(r, 0):
+                    c[r] = n
+        out._total = sum(c.values())
+        return out
+
     def merge(self, other: GCounter) -> bool:
         self._check_mergeable(other)
         grew = _join_max(self._c, other._c)

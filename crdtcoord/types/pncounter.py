@@ -81,6 +81,22 @@ class PNCounter(CRDTBase):
         self.merge(delta)
         return delta
 
+    @classmethod
+    def join_all(cls, states: list[Self]) -> Self:
+        out = cls()
+        pos, neg = out._p, out._n
+        for s in states:
+            if type(s) is not cls:
+                s._check_mergeable(out)
+            for r, n in s._p.items():
+                if n > pos.get(r, 0):
+                    pos[r] = n
+            for r, n in s._n.items():
+                if n > neg.get(r, 0):
+                    neg[r] = n
+        out._value = sum(pos.values()) - sum(neg.values())
+        return out
+
     def merge(self, other: PNCounter) -> bool:
         self._check_mergeable(other)
         up = _join_max(self._p, other._p)
