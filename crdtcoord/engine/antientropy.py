@@ -176,7 +176,6 @@ class AntiEntropy:
         pushes, pulls = msg.mode != "pull", msg.mode != "push"
         i_ship = pushes if i_am_initiator else pulls
         they_ship = pulls if i_am_initiator else pushes
-        received = {e.key: e for e in msg.entries}
         if msg.entries:
             self._join(msg.entries, peer)
         store = self._store
@@ -184,13 +183,13 @@ class AntiEntropy:
         ship: list[str] = []
         deltas: list[Entry] = []
         if i_ship:
+            # A state we received and joined: if our join holds more than it (both sides had
+            # changes), ship the join back. One side newer: nothing travels back.
+            ship.extend(e.key for e in msg.entries if index.digest(e.key) != _digest_of(e))
             for w in msg.want:
                 mine = store.state(w.key)
                 if mine is None:
                     continue
-                got = received.get(w.key)
-                if got is not None and index.digest(w.key) == _digest_of(got):
-                    continue  # what they shipped already equals ours after the join
                 delta = _delta_since(mine, w.summary)
                 if delta is not None:
                     deltas.append(Entry(w.key, delta, store.version(w.key)))
@@ -212,18 +211,29 @@ class AntiEntropy:
                         budget -= sub.wire_size()
                         reply_items.append(sub)
             else:
+                # Keys only we hold: ship them. Keys both hold, differently: ask for theirs
+                # first (we ship our join back if it differs from what comes); if they may not
+                # ship, push ours. Keys only they hold: ask.
                 theirs = dict(item.keys)
                 ours = dict(index.keys_under(item.level, item.prefix))
                 if i_ship:
-                    ship.extend(k for k, d in ours.items() if theirs.get(k) != d)
+                    ship.extend(
+                        k
+                        for k, d in ours.items()
+                        if k not in theirs or (theirs[k] != d and not they_ship)
+                    )
                 if they_ship:
                     for k, d in item.keys:
                         if ours.get(k) != d and owns(item.level, item.prefix, k):
                             state = store.state(k)
                             my_want.append(Want(k, Summary.of(state) if state else None))
-        shipped, _more = store.entries_within_budget(ship, core.config.max_round_bytes)
+        shipped, _more, state_bytes = store.entries_within_budget(
+            list(dict.fromkeys(ship)), core.config.max_round_bytes
+        )
         shipped.extend(deltas)
         core.count("ae_keys_shipped", len(shipped))
+        core.count("ae_state_bytes", state_bytes)
+        core.count("ae_tree_bytes", sum(i.wire_size() for i in reply_items))
         my_want.sort(key=lambda x: x.key)
         if reply_items or shipped or my_want:
             step = AeStep(

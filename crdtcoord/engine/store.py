@@ -115,21 +115,23 @@ class Store:
         s = self._states.get(key)
         return None if s is None else Entry(key, s, self._vv.get(key))
 
-    def entries_within_budget(self, keys: list[str], budget: int) -> tuple[list[Entry], bool]:
-        """Entries for ``keys`` up to ``budget`` bytes of encoded state (at least one);
-        the flag says whether some were left out."""
-        used = 0
+    def entries_within_budget(self, keys: list[str], budget: int) -> tuple[list[Entry], bool, int]:
+        """Entries for ``keys`` up to ``budget`` bytes of encoded state (at least one); the
+        flag says whether some were left out; the int is the encoded bytes of their states."""
+        used = states = 0
         out: list[Entry] = []
         for k in keys:
             s = self._states.get(k)
             if s is None:
                 continue
-            size = len(encode(s)) + len(k) + 16
+            n = len(encode(s))
+            size = n + len(k) + 16
             if out and used + size > budget:
-                return out, True
+                return out, True, states
             used += size
+            states += n
             out.append(Entry(k, s, self._vv.get(k)))
-        return out, False
+        return out, False, states
 
     # ------------------------------------------------------------------ local updates
 

@@ -195,6 +195,7 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
     sim.run_until(1.5)
     used = sim.stats.bytes_sent - start
     converged = sim.converged()
+    m = {k: sum(e.metrics.get(k, 0) for e in sim.engines.values()) for k in _AE_PARTS}
     return {
         "keys": keys,
         "differing": differing,
@@ -203,6 +204,9 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
         "full_state_bytes": 2 * full,
         "ratio": 2 * full / used if used else math.inf,
         "converged_in_one_round": converged,
+        "state_bytes": m["ae_state_bytes"],  # encoded states shipped (both directions)
+        "tree_bytes": m["ae_tree_bytes"],  # tree items (branches and leaf key lists)
+        "keys_shipped": m["ae_keys_shipped"],
     }
 
 
@@ -215,6 +219,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "delta": {"delta_buffer": 1_000_000},
     "repair": {"delta_buffer": 32},
 }
+
+
+_AE_PARTS = ("ae_state_bytes", "ae_tree_bytes", "ae_keys_shipped")
 
 
 def partition_heal(
