@@ -32,11 +32,15 @@ class Membership:
 
     def __init__(self, core: Core, seeds: tuple[str, ...]) -> None:
         self._core = core
-        self._seed_set = frozenset(seeds)
-        self._seeds = tuple(dict.fromkeys(p for p in seeds if p != core.node_id))
+        # The seed tuple is kept as given (a simulator shares one among thousands of engines:
+        # nothing here may copy it per engine); it may list this node and duplicates.
+        self._seeds = seeds
+        self._self_seeded = core.node_id in seeds
+        self._seed_set: frozenset[str] | None = None  # built on first gossip
         self._gossiped: list[str] = []  # members learned by gossip that are not seeds
         self._status: dict[str, str] = {}  # gossiped status of every member
         self._left: set[str] = set()  # sent LEAVE and has not spoken since
+        self._gone_count = 0  # seeds and gossiped members currently excluded
         self._incarnations: dict[str, int] = {}
         self._peers: list[str] | None = None
 
@@ -45,7 +49,8 @@ class Membership:
     def peers(self) -> list[str]:
         """Known live peers (seeds and gossiped members), without this node; do not mutate."""
         if self._peers is None:
-            out = [p for p in self._seeds if not self._gone(p)]
+            me = self._core.node_id
+            out = list(dict.fromkeys(p for p in self._seeds if p != me and not self._gone(p)))
             out.extend(p for p in self._gossiped if not self._gone(p))
             self._peers = out
         return self._peers
@@ -58,8 +63,19 @@ class Membership:
         return len(self.peers()) + 1
 
     def random_peer(self) -> str | None:
-        peers = self.peers()
-        return peers[self._core.rng.randrange(len(peers))] if peers else None
+        """A uniformly random live peer (no list is built: seeds are sampled in place)."""
+        if self._peers is not None or self._left or self._gone_count:
+            peers = self.peers()
+            return peers[self._core.rng.randrange(len(peers))] if peers else None
+        total = len(self._seeds) + len(self._gossiped)
+        if total - self._self_seeded <= 0:
+            return None
+        me, rng = self._core.node_id, self._core.rng
+        while True:
+            i = rng.randrange(total)
+            p = self._seeds[i] if i < len(self._seeds) else self._gossiped[i - len(self._seeds)]
+            if p != me:
+                return p
 
     def is_left(self, peer: str) -> bool:
         return self._gone(peer)
@@ -75,6 +91,8 @@ class Membership:
         """Recompute gossiped peers from the ``$members`` state."""
         if not isinstance(members, ORMap):
             return
+        if self._seed_set is None:
+            self._seed_set = frozenset(self._seeds)
         gossiped = []
         status: dict[str, str] = {}
         for node, info in members.value().items():
@@ -87,6 +105,7 @@ class Membership:
                 gossiped.append(node)
         self._gossiped = sorted(gossiped)
         self._status = status
+        self._gone_count = sum(1 for s in status.values() if s == "left")
         self._peers = None
 
     # ------------------------------------------------------------------ incarnations, leaving

@@ -23,13 +23,15 @@ import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from crdtcoord._exceptions import InvalidArgument
 from crdtcoord.engine import Effect, Engine, EngineConfig, Kind, ProtocolError
 from crdtcoord.host import Host, MemoryStorage, Storage
 from crdtcoord.sim.network import NetworkConfig
-from crdtcoord.types import CRDTBase
+from crdtcoord.types import CRDTBase, Op
+
+E = TypeVar("E")
 
 __all__ = ["NodeHandle", "SimStats", "Simulation"]
 
@@ -292,7 +294,7 @@ class Simulation:
     # --------------------------------------------------------------------- user actions
 
     def update(
-        self, node: str, key: str, factory: Any, fn: Callable[..., CRDTBase], **kw: Any
+        self, node: str, key: str, factory: Any, fn: Callable[..., CRDTBase] | Op, **kw: Any
     ) -> int:
         """Apply a local update at ``node`` now (see :meth:`Engine.update`)."""
         h = self.nodes[node]
@@ -371,7 +373,13 @@ class Simulation:
         """The value of ``key`` at ``node`` as that node sees it now (None if absent)."""
         return self.nodes[node].engine.value(key)
 
-    def events(self, node: str, kind: type[Any] | None = None) -> list[Effect]:
+    @overload
+    def events(self, node: str) -> list[Effect]: ...
+
+    @overload
+    def events(self, node: str, kind: type[E]) -> list[E]: ...
+
+    def events(self, node: str, kind: type[Any] | None = None) -> list[Any]:
         """Events the node reported so far (of one class, if given); ``record_events`` must be
         on. A copy: reading it drains nothing."""
         evs = self.nodes[node].events
