@@ -3,6 +3,10 @@
 Conventions (see the project's BENCHMARKS.md): ``perf_counter_ns``; medians and p99 of many
 samples, never one run's mean; A and B alternated in the same run; ratios reported next to the
 absolute numbers; ``--quick`` finishes in seconds; ``--json FILE`` writes one object.
+
+Targets are stated for the full-size workload, so a ``--quick`` run reports them as "not
+evaluated at --quick size" instead of met or MISSED (a smaller workload says nothing about a
+full-size target), unless the benchmark marks a target ``any_size``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -19,6 +24,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: What a ``--quick`` run says in place of a target's verdict.
+NOT_EVALUATED = "not evaluated at --quick size"
+#: The verdict a benchmark puts at the end of a note's parenthesis: ``"target >= 1000x (met)"``,
+#: ``"(6.0 us, 2.0x: MISSED)"``.
+_VERDICT = re.compile(r"\b(?:met|MISSED)(?=\))")
 
 
 @dataclass
@@ -31,6 +42,8 @@ class Result:
     samples: int | None = None
     role: str | None = None
     note: str | None = None
+    #: whether the result meets its target; None when it has none or it was not evaluated
+    met: bool | None = None
 
     def row(self) -> str:
         extra = ""
@@ -47,10 +60,25 @@ class Bench:
     quick: bool
     results: list[Result] = field(default_factory=list)
 
-    def add(self, r: Result) -> Result:
+    def add(self, r: Result, *, any_size: bool = False) -> Result:
+        """Record and print a result. A target verdict in its note (``met`` or ``MISSED`` before
+        a closing parenthesis) stands at full size; a ``--quick`` run says "not evaluated"
+        instead, unless ``any_size`` says the target holds for the small workload too."""
+        note = r.note or ""
+        verdict = _VERDICT.search(note)
+        if verdict and self.quick and not any_size:
+            r.note, r.met = _VERDICT.sub(NOT_EVALUATED, note), None
+        elif verdict:
+            r.met = verdict.group() == "met"
         self.results.append(r)
         print(r.row(), flush=True)
         return r
+
+    def target(self, r: Result, goal: float, *, any_size: bool = False) -> Result:
+        """Add a result that should reach ``goal`` (value >= goal), the verdict in its note."""
+        verdict = f"target >= {goal:,g}{r.unit} ({'met' if r.value >= goal else 'MISSED'})"
+        r.note = f"{verdict}; {r.note}" if r.note else verdict
+        return self.add(r, any_size=any_size)
 
     def section(self, title: str) -> None:
         print(f"\n{title}", flush=True)
@@ -101,6 +129,8 @@ def cli(name: str, doc: str | None) -> tuple[argparse.Namespace, Bench]:
     ap.add_argument("--quick", action="store_true", help="small sizes, few samples (seconds)")
     ap.add_argument("--json", metavar="FILE", help="write results as JSON to FILE")
     args = ap.parse_args()
+    if args.quick:
+        print(f"{name}: --quick run, small sizes; full-size targets are not evaluated", flush=True)
     return args, Bench(name, args.quick)
 
 

@@ -34,19 +34,55 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     print(f"wrote {path}")
 
 
-def table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
+def table(
+    rows: Iterable[Sequence[Any]],
+    header: Sequence[str],
+    groups: Sequence[tuple[str, int]] | None = None,
+) -> str:
+    """Right-aligned text columns; floats with two decimals, None (no value) as "-".
+
+    ``groups`` puts titles above runs of columns: (title, number of columns), covering them all.
+    """
     rows = [[_fmt(x) for x in r] for r in rows]
     widths = [
         max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
         for i, h in enumerate(header)
     ]
+    spans: list[tuple[str, int, int]] = []  # (title, first column, column count)
+    if groups:
+        if sum(n for _, n in groups) != len(header):
+            raise ValueError("groups must cover every column")
+        first = 0
+        for title, n in groups:
+            spans.append((title, first, n))
+            short = len(title) - (sum(widths[first : first + n]) + 2 * (n - 1))
+            if short > 0:
+                widths[first + n - 1] += short  # widen the group's last column to fit its title
+            first += n
     line = "  ".join(str(h).rjust(w) for h, w in zip(header, widths, strict=True))
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([line, sep, *body])
+    top = []
+    if spans:
+        cells = [t.center(sum(widths[f : f + n]) + 2 * (n - 1)) for t, f, n in spans]
+        top = ["  ".join(cells).rstrip()]
+    return "\n".join([*top, line, sep, *body])
+
+
+def human_bytes(n: float) -> str:
+    """Bytes as a short decimal figure: 850 B, 17.8 KB, 1.40 MB (1 KB = 1,000 B)."""
+    if n != n:  # NaN: nothing measured
+        return "-"
+    if n < 1e3:
+        return f"{n:,.0f} B"
+    if n < 1e6:
+        return f"{n / 1e3:,.1f} KB"
+    return f"{n / 1e6:,.2f} MB"
 
 
 def _fmt(x: Any) -> str:
+    if x is None:
+        return "-"
     if isinstance(x, float):
         return f"{x:,.2f}"
     if isinstance(x, int) and not isinstance(x, bool):

@@ -5,6 +5,9 @@ at one of them, synchronous anti-entropy rounds (interval 1 s, no jitter, 1 ms l
 A run ends when every replica holds the update. The table puts the measured mean, p50 and p99
 next to the published/reproduced reference (Demers et al. 1987; Karp et al. 2000) and the
 closed-form predictors push ≈ log2 n + ln n + 1.1 and push-pull ≈ log3 n + log2 ln n.
+The reference table covers n = 10, 100, 1,000, 10,000 and 100,000 only and pull has no closed
+form: where there is nothing to compare with, the table shows "-" (an empty cell in the CSV),
+and a column with nothing in it (e.g. --sizes 300,3000 --modes pull) is left out.
 
 Writes convergence_rounds.csv (one row per run), convergence_table.csv (summary) and
 convergence_table.png to the output folder.
@@ -17,7 +20,7 @@ import math
 import statistics
 import sys
 import time
-from typing import cast
+from typing import Any, cast
 
 from _common import out_dir, progress, table, write_csv
 
@@ -27,6 +30,41 @@ from crdtcoord.sim.experiments import REFERENCE_ROUNDS, Mode, convergence_rows, 
 def _p(xs: list[int], q: float) -> int:
     s = sorted(xs)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def _known(x: float) -> float | None:
+    """None for "no value" (NaN), so the table shows "-" and the CSV an empty cell."""
+    return None if math.isnan(x) else x
+
+
+#: (summary field, column title) in table order; the last three may have no value.
+COLUMNS = [
+    ("n", "n"),
+    ("mode", "mode"),
+    ("trials", "runs"),
+    ("mean", "mean"),
+    ("p50", "p50"),
+    ("p99", "p99"),
+    ("reference_mean", "reference"),
+    ("formula", "formula"),
+    ("delta_vs_reference", "Δ vs ref"),
+]
+
+
+def _summary_table(summary: list[dict[str, Any]]) -> str:
+    """The summary as text: "-" where a row has no reference, columns with none left out."""
+    cols = [(k, t) for k, t in COLUMNS if any(s[k] is not None for s in summary)]
+    text = table([[s[k] for k, _ in cols] for s in summary], [t for _, t in cols])
+    dropped = [t for k, t in COLUMNS if (k, t) not in cols]
+    notes = []
+    if any(s[k] is None for s in summary for k, _ in cols):
+        notes.append(
+            '"-" = nothing to compare with: the reference table has n = 10, 100, 1,000, 10,000'
+            " and 100,000 only; pull has no closed-form predictor"
+        )
+    if dropped:
+        notes.append(f"left out, no reference at these sizes: {', '.join(dropped)}")
+    return "\n".join([text, *notes])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,41 +102,25 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         for mode in modes:
             xs = [r["rounds"] for r in rows if r["n"] == n and r["mode"] == mode]
-            ref = REFERENCE_ROUNDS.get((mode, n), math.nan)
+            mean = statistics.fmean(xs)
+            ref = REFERENCE_ROUNDS.get((mode, n))
             summary.append(
                 {
                     "n": n,
                     "mode": mode,
                     "trials": len(xs),
-                    "mean": statistics.fmean(xs),
+                    "mean": mean,
                     "p50": _p(xs, 0.5),
                     "p99": _p(xs, 0.99),
                     "reference_mean": ref,
-                    "formula": reference_formula(mode, n),
-                    "delta_vs_reference": statistics.fmean(xs) - ref,
+                    # pull has no closed form (reference_formula repeats the table value)
+                    "formula": None if mode == "pull" else _known(reference_formula(mode, n)),
+                    "delta_vs_reference": None if ref is None else mean - ref,
                 }
             )
     write_csv(out / "convergence_table.csv", summary)
     print()
-    print(
-        table(
-            [
-                [
-                    s["n"],
-                    s["mode"],
-                    s["trials"],
-                    s["mean"],
-                    s["p50"],
-                    s["p99"],
-                    s["reference_mean"],
-                    s["formula"],
-                    s["delta_vs_reference"],
-                ]
-                for s in summary
-            ],
-            ["n", "mode", "runs", "mean", "p50", "p99", "reference", "formula", "Δ vs ref"],
-        )
-    )
+    print(_summary_table(summary))
     print(f"\n{len(rows)} simulated runs in {elapsed:.1f} s")
 
     import matplotlib.pyplot as plt

@@ -49,11 +49,32 @@ def test_script_quick_run(script: str, outputs: list[str], tmp_path: Path) -> No
         cwd=ROOT / "simulations",
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "nan" not in run.stdout.lower(), run.stdout  # a missing value is "-", not nan
     for name in outputs:
         assert (tmp_path / name).stat().st_size > 0, name
     first_csv = tmp_path / outputs[0]
     with open(first_csv) as f:
         assert len(list(csv.DictReader(f))) >= 2
+    if script == "partition_heal.py":
+        _check_partition_paths(tmp_path, run.stdout)
+
+
+def _check_partition_paths(out_dir: Path, stdout: str) -> None:
+    """Every partition length ran on auto, delta and repair; the forced repair path costs more
+    bytes once its buffer overflowed (the longest partition), and the output says why."""
+    with open(out_dir / "partition_heal.csv") as f:
+        rows = list(csv.DictReader(f))
+    points = {(float(r["partition_s"]), r["path"]): r for r in rows}
+    durations = {d for d, _ in points}
+    assert len(durations) >= 2
+    assert set(points) == {(d, p) for d in durations for p in ("auto", "delta", "repair")}
+    longest = max(durations)
+    repair, auto = points[(longest, "repair")], points[(longest, "auto")]
+    assert int(float(repair["repairs_scheduled"])) > 0
+    assert float(repair["repair_bytes"]) > 3 * float(auto["repair_bytes"])
+    assert all(float(r["reconverge_s"]) < 5 for r in rows)
+    assert "re-converge s" in stdout and "bytes after heal" in stdout and " KB" in stdout
+    assert "RFC 6298" in stdout and "0.55" not in stdout
 
 
 @pytest.mark.parametrize(
@@ -83,3 +104,13 @@ def test_notebook_executes() -> None:
     assert len(images) >= 3
     text = "".join(o.get("text", "") for o in outputs)
     assert "same seed, same trace" in text
+    assert "members at n00000: ['n00000" in text  # read with sim.value(node, key)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for src in code:
+        if "plt.subplots" in src or "plt.figure" in src:
+            assert "set_title" in src or "suptitle" in src or "plt.title" in src, src
+    heal = next(src for src in code if "partition_heal(" in src)
+    assert "path=" in heal and "delta_buffer" not in heal
+    assert "useOffset=False" in heal
+    assert "0.55" not in prose and "RFC 6298" in prose

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,15 +25,51 @@ def test_demo_converges() -> None:
     assert "digests equal: True; quota never below 0: True" in out
 
 
+def _harness() -> ModuleType:
+    """benchmarks/_harness.py, imported by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("_harness", ROOT / "benchmarks" / "_harness.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("_harness", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_harness_targets_are_not_judged_at_quick_size(quick: bool) -> None:
+    """A target stated for the full workload is neither met nor MISSED by a --quick run."""
+    h = _harness()
+    b = h.Bench("t", quick)
+    inline = b.add(h.Result("ratio_10k", 866.0, "x", note="target >= 1000x (MISSED)"))
+    helper = b.target(h.Result("ratio_10k_again", 1200.0, "x"), 1000)
+    inner = b.add(h.Result("update", 2.5, "us", note="target: <= 2 us (2.50 us: MISSED)"))
+    anysize = b.target(h.Result("small", 3.0, "x"), 2, any_size=True)
+    plain = b.add(h.Result("bytes", 43.0, "B", note="pycrdt bytes / crdtcoord bytes"))
+    if quick:
+        assert inline.note == "target >= 1000x (not evaluated at --quick size)"
+        assert helper.note == "target >= 1,000x (not evaluated at --quick size)"
+        assert inner.note == "target: <= 2 us (2.50 us: not evaluated at --quick size)"
+        assert inline.met is None and helper.met is None and inner.met is None
+        assert "MISSED" not in inline.row() + inner.row() and "met)" not in helper.row()
+    else:
+        assert inline.note == "target >= 1000x (MISSED)" and inline.met is False
+        assert helper.note == "target >= 1,000x (met)" and helper.met is True
+        assert inner.note == "target: <= 2 us (2.50 us: MISSED)" and inner.met is False
+    assert anysize.note == "target >= 2x (met)" and anysize.met is True
+    assert plain.note == "pycrdt bytes / crdtcoord bytes" and plain.met is None
+
+
 def test_kernel_benchmark_quick(tmp_path: Path) -> None:
     target = tmp_path / "kernel.json"
-    subprocess.run(
+    run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernel.py"), "--quick", "--json", str(target)],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
+    assert "MISSED" not in run.stdout and "(met)" not in run.stdout, run.stdout
+    assert "target >= 1000x (not evaluated at --quick size)" in run.stdout, run.stdout
     data = json.loads(target.read_text())
     assert data["benchmark"] == "kernel" and data["quick"] is True
     names = {r["name"] for r in data["results"]}

@@ -213,7 +213,8 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
 #: How a heal is repaired: ``auto`` (the engine's defaults pick per peer: resend the buffered
 #: deltas while the buffer holds them, repair by anti-entropy once it overflowed), or one path
 #: forced — ``delta`` (a buffer that never overflows) or ``repair`` (a 32-entry buffer that
-#: overflows into Merkle repairs within seconds).
+#: overflows into Merkle repairs once a partition outlasts about 32 updates per node: ~26 s in
+#: the default experiment).
 PATHS: dict[str, dict[str, Any]] = {
     "auto": {},
     "delta": {"delta_buffer": 1_000_000},
