@@ -68,6 +68,7 @@ class AntiEntropy:
         stream_seq: Callable[[], int],
         join: Callable[[tuple[Entry, ...], str], None],
         proven: Callable[[str, int], None],
+        rto: Callable[[str], float],
     ) -> None:
         self._core = core
         self._store = store
@@ -75,6 +76,7 @@ class AntiEntropy:
         self._stream_seq = stream_seq
         self._join = join
         self._proven = proven
+        self._rto = rto
         self._next: float | None = None
         self._exchanges: OrderedDict[int, Exchange] = OrderedDict()
         self._repairs: dict[str, _Repair] = {}
@@ -151,10 +153,11 @@ class AntiEntropy:
         self._core.send(env.sender, step, env.msg_id)
 
     def on_ok(self, env: Envelope) -> None:
-        x = self._exchanges.pop(env.reply_to, None)
+        x = self._exchanges.get(env.reply_to)
         if x is None or x.peer != env.sender:
             self._core.count("ae_stale_answers")  # an answer for an exchange not of this process
             return
+        del self._exchanges[env.reply_to]
         self._core.count("ae_in_sync")
         self._proven(x.peer, x.seq)
         rep = self._repairs.get(x.peer)
@@ -267,7 +270,8 @@ class AntiEntropy:
             retry = min(c.ae_interval, max(1.0, 4 * c.retransmit_after))
             for p, rep in list(self._repairs.items()):
                 if now >= rep.due:
-                    rep.due = now + retry
+                    # (on a slow link an exchange takes several round trips: don't overlap them)
+                    rep.due = now + max(retry, 4 * self._rto(p))
                     rep.attempts += 1
                     self.begin(p, "push-pull")  # a repair must push what the peer lacks
         if self._next is not None and now >= self._next:

@@ -8,6 +8,7 @@ decoded as one message, which must pass every check on its own.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from crdtcoord.engine.core import Core
@@ -17,6 +18,7 @@ __all__ = ["REASSEMBLY_TTL", "Chunking"]
 
 REASSEMBLY_TTL = 30.0
 _MAX_TRANSFERS_PER_SENDER = 2
+_DONE_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -34,6 +36,9 @@ class Chunking:
         self._core = core
         self._open: dict[tuple[str, int], _Transfer] = {}
         self._bytes = 0
+        #: transfers completed lately: a late duplicate fragment of one is dropped, never
+        #: mistaken for a new transfer (which could evict live ones)
+        self._done: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     def check(self, env: Envelope, chunk: Chunk) -> None:
         """Refuse a fragment before anything is stored if it breaks the reassembly budget."""
@@ -52,6 +57,9 @@ class Chunking:
     def add(self, env: Envelope, chunk: Chunk) -> bytes | None:
         """Store a checked fragment; returns the whole message once every fragment is in."""
         slot = (env.sender, chunk.xfer)
+        if slot in self._done:
+            self._core.count("chunks_duplicate")
+            return None
         t = self._open.get(slot)
         if t is None:
             mine = [s for s in self._open if s[0] == env.sender]
@@ -68,6 +76,9 @@ class Chunking:
             return None
         del self._open[slot]
         self._bytes -= t.size
+        self._done[slot] = None
+        while len(self._done) > _DONE_KEPT:
+            self._done.popitem(last=False)
         return b"".join(t.parts[i] for i in range(t.total))
 
     def pending_bytes(self) -> int:

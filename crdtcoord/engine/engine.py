@@ -126,9 +126,11 @@ class Engine:
             stream_seq=lambda: self._propagation.seq,
             join=lambda entries, peer: self._join(entries, peer, forward=cfg.forward_repairs),
             proven=self._propagation.proven,
+            rto=self._propagation.rto_of,
         )
         self._timed = (self._propagation, self._ae, self._requests, self._chunks)
         self._started = False
+        self._leaving = False
         self._store.load(store or {}, versions or {})
         if MEMBERS_KEY in self._store:
             self._members.refresh(self._store.state(MEMBERS_KEY))
@@ -279,12 +281,20 @@ class Engine:
         (they stop counting this node for ``majority``/``all`` until it speaks again). Send it
         after the last deltas were acknowledged; the driver then stops."""
         self._core.advance(now)
+        self._leaving = True
         if self.config.gossip_membership:
             self._local(MEMBERS_KEY, self._members.announcement("left"), force=True)
             self._propagation.flush()
             self._propagation.push(self._members.peers())
         for p in self._members.peers():
-            self._core.send(p, Leave())
+            self._core.send(p, Leave(self._propagation.stream))
+
+    def recover(self) -> None:
+        """After a crash (not a clean shutdown): the previous process may have applied updates
+        whose deltas never left. Probe every peer by anti-entropy (a root comparison first, so
+        a peer already in sync costs one small message pair)."""
+        for p in self._members.peers():
+            self._propagation.mark_behind(p, probe=True)
 
     def poll(self) -> list[Effect]:
         """Everything the driver must do or know, in order (persist before dependent sends)."""
@@ -350,11 +360,11 @@ class Engine:
         the level again with the key's whole state."""
         first = self._op_handles.get(op_id)
         required = consistency.required(self.member_count())
-        if first is not None and required <= 1:
+        if first is not None and consistency is LOCAL:
             return first
         state = self._store.state(key)
         if state is not None and required > 1:
-            self._propagation.enqueue(key, state, self.node_id, force=True)
+            self._propagation.enqueue(key, state.copy(), self.node_id, force=True)
         return self._level(key, required, consistency, timeout)
 
     def _level(
@@ -439,12 +449,34 @@ class Engine:
             raise ProtocolError("malformed", f"clock timestamp out of range: {env.hlc}")
         body = env.body
         if isinstance(body, Chunk):
+            # A fragment takes no effect of its own (no incarnation, clock or sign of life):
+            # only the whole message does, once reassembled and checked like any other.
             self._chunks.check(env, body)
+            core.count("received_CHUNK")
+            core.count("bytes_received", env.size)
+            inner = self._chunks.add(env, body)
+            if inner is not None:
+                whole = decode_message(
+                    inner, cluster=self.config.cluster_id, limits=self.config.limits
+                )
+                if whole.sender != env.sender or isinstance(whole.body, Chunk):
+                    raise ProtocolError(
+                        "malformed", "a chunked message must be one non-chunk message of its sender"
+                    )
+                self._accept(whole)
+            return
         # --- accepted: from here on the message takes effect
+        peer = env.sender
         if new_incarnation:
-            self._propagation.forget(env.sender)
-            self._requests.forget(env.sender)
-        self._members.record(env.sender, env.incarnation, initiating=isinstance(body, _INITIATING))
+            self._propagation.forget(peer)
+            self._requests.forget(peer)
+        self._members.record(peer, env.incarnation)
+        if isinstance(body, _INITIATING):
+            stream = body.stream if isinstance(body, Delta) else None
+            if self._members.active(peer, env.hlc, stream):
+                # back after leaving: it missed what was not sent to it meanwhile
+                self._core.count("peers_rejoined")
+                self._propagation.mark_behind(peer)
         ahead = env.hlc.wall - core.physical_ms()
         if ahead > self.config.max_clock_offset_ms:
             # A clock this far ahead is not merged: one broken peer must not drag every replica's
@@ -454,8 +486,8 @@ class Engine:
             core.hlc.update(env.hlc)
         core.count(f"received_{env.kind.name}")
         core.count("bytes_received", env.size)
-        self._propagation.heard_from(env.sender)
-        self._ae.heard_from(env.sender)
+        self._propagation.heard_from(peer, reply=env.reply_to != 0)
+        self._ae.heard_from(peer)
         self._dispatch(env)
 
     def _dispatch(self, env: Envelope) -> None:
@@ -481,20 +513,9 @@ class Engine:
                     if m.state is not None:
                         self._join((Entry(m.key, m.state, m.vv),), peer, forward=False)
                     self._requests.replied(m.op, peer, self.get(m.key))
-            case Chunk() as m:
-                inner = self._chunks.add(env, m)
-                if inner is not None:
-                    whole = decode_message(
-                        inner, cluster=self.config.cluster_id, limits=self.config.limits
-                    )
-                    if whole.sender != peer or isinstance(whole.body, Chunk):
-                        raise ProtocolError(
-                            "malformed",
-                            "a chunked message must be one non-chunk message of its sender",
-                        )
-                    self._accept(whole)
-            case Leave():
-                self._members.left(peer)
+            case Leave() as m:
+                if self._members.left(peer, env.hlc, m.stream):
+                    self._ae.cancel_repair(peer)  # (it is repaired when it comes back)
 
     def _join(
         self, entries: tuple[Entry, ...] | list[Entry], origin: str, *, forward: bool
@@ -511,7 +532,17 @@ class Engine:
             if forward:
                 self._propagation.enqueue(e.key, e.state, origin)
             if e.key == MEMBERS_KEY:
-                self._members.refresh(self._store.state(MEMBERS_KEY))
+                members = self._store.state(MEMBERS_KEY)
+                self._members.refresh(members)
+                if (
+                    self._started
+                    and not self._leaving
+                    and self.config.gossip_membership
+                    and self._members.own_entry_stale(members)
+                ):
+                    # $members misstates this running node (an older "left", another
+                    # incarnation): announce again, stamped after what it says
+                    self._local(MEMBERS_KEY, self._members.announcement("up"), force=False)
 
     def _repair(self, peer: str, probe: bool) -> None:
         self._ae.schedule_repair(peer, probe)

@@ -17,11 +17,29 @@ from __future__ import annotations
 from typing import Any
 
 from crdtcoord._wire import Value
+from crdtcoord.clocks.hlc import Timestamp
 from crdtcoord.engine.core import Core
 from crdtcoord.engine.messages import ProtocolError
 from crdtcoord.types import LWWRegister, Op, ORMap
 
 __all__ = ["MEMBERS_KEY", "Membership"]
+
+_ZERO = Timestamp(0, 0)
+_DISTINCT: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _distinct(seeds: tuple[str, ...]) -> tuple[str, ...]:
+    """``seeds`` without duplicates, memoized per tuple object (a simulator passes one tuple to
+    every engine: deduplicating it once, not once per engine)."""
+    hit = _DISTINCT.get(id(seeds))
+    if hit is not None and hit[0] is seeds:
+        return hit[1]
+    out = tuple(dict.fromkeys(seeds))
+    if len(_DISTINCT) > 64:
+        _DISTINCT.clear()
+    _DISTINCT[id(seeds)] = (seeds, out)  # (the original is kept alive: its id stays unique)
+    return out
+
 
 #: Reserved key holding the gossiped membership (node id -> {"inc": incarnation, "status": ...}).
 MEMBERS_KEY = "$members"
@@ -32,15 +50,19 @@ class Membership:
 
     def __init__(self, core: Core, seeds: tuple[str, ...]) -> None:
         self._core = core
-        # The seed tuple is kept as given (a simulator shares one among thousands of engines:
-        # nothing here may copy it per engine); it may list this node and duplicates.
-        self._seeds = seeds
-        self._self_seeded = core.node_id in seeds
+        # Seeds without duplicates (computed once per distinct tuple: a simulator shares one
+        # tuple among thousands of engines, and nothing here may copy it per engine).
+        self._seeds = _distinct(seeds)
+        self._self_seeded = core.node_id in self._seeds
         self._seed_set: frozenset[str] | None = None  # built on first gossip
         self._gossiped: list[str] = []  # members learned by gossip that are not seeds
         self._status: dict[str, str] = {}  # gossiped status of every member
-        self._left: set[str] = set()  # sent LEAVE and has not spoken since
-        self._gone_count = 0  # seeds and gossiped members currently excluded
+        #: $members entries saying "left", with their timestamps
+        self._gossip_left: dict[str, Timestamp] = {}
+        #: LEAVE received: (the envelope's clock, the leaving process's stream)
+        self._left: dict[str, tuple[Timestamp, int]] = {}
+        #: clock of the latest initiating message (DELTA, AE_ROOT, READ) of each peer
+        self._active: dict[str, Timestamp] = {}
         self._incarnations: dict[str, int] = {}
         self._peers: list[str] | None = None
 
@@ -50,28 +72,31 @@ class Membership:
         """Known live peers (seeds and gossiped members), without this node; do not mutate."""
         if self._peers is None:
             me = self._core.node_id
-            out = list(dict.fromkeys(p for p in self._seeds if p != me and not self._gone(p)))
+            out = [p for p in self._seeds if p != me and not self._gone(p)]
             out.extend(p for p in self._gossiped if not self._gone(p))
             self._peers = out
         return self._peers
 
     def _gone(self, peer: str) -> bool:
-        return peer in self._left or self._status.get(peer) == "left"
+        if peer in self._left:
+            return True
+        t = self._gossip_left.get(peer)
+        return t is not None and t > self._active.get(peer, _ZERO)
 
     def member_count(self) -> int:
         """Cluster size used by consistency levels: live peers plus this node."""
         return len(self.peers()) + 1
 
     def random_peer(self) -> str | None:
-        """A uniformly random live peer (no list is built: seeds are sampled in place)."""
-        if self._peers is not None or self._left or self._gone_count:
+        """A uniformly random live peer (no list is built while nobody left)."""
+        if self._peers is not None or self._left or self._gossip_left:
             peers = self.peers()
             return peers[self._core.rng.randrange(len(peers))] if peers else None
         total = len(self._seeds) + len(self._gossiped)
         if total - self._self_seeded <= 0:
             return None
         me, rng = self._core.node_id, self._core.rng
-        while True:
+        while True:  # this node is at most one of the distinct candidates
             i = rng.randrange(total)
             p = self._seeds[i] if i < len(self._seeds) else self._gossiped[i - len(self._seeds)]
             if p != me:
@@ -105,8 +130,25 @@ class Membership:
                 gossiped.append(node)
         self._gossiped = sorted(gossiped)
         self._status = status
-        self._gone_count = sum(1 for s in status.values() if s == "left")
+        self._gossip_left = {}
+        for node, st in status.items():
+            if st == "left":
+                reg = members.get(node)
+                ts = getattr(reg, "timestamp", None)
+                self._gossip_left[node] = ts if isinstance(ts, Timestamp) else _ZERO
         self._peers = None
+
+    def own_entry_stale(self, members: Any) -> bool:
+        """Does ``$members`` misstate this running node (status not up, or another
+        incarnation)? Then it must announce itself again."""
+        if not isinstance(members, ORMap):
+            return False
+        mine = members.value().get(self._core.node_id)
+        return not (
+            isinstance(mine, dict)
+            and mine.get("status") == "up"
+            and mine.get("inc") == self._core.id.incarnation
+        )
 
     # ------------------------------------------------------------------ incarnations, leaving
 
@@ -128,21 +170,37 @@ class Membership:
                 )
         return known >= 0 and incarnation > known
 
-    def record(self, sender: str, incarnation: int, *, initiating: bool) -> bool:
-        """Record an accepted message's incarnation; an initiating message (a delta, an
-        exchange, a read) from a peer that left means it is back. Returns whether it rejoined."""
+    def record(self, sender: str, incarnation: int) -> None:
+        """Record an accepted message's incarnation."""
         self._incarnations[sender] = incarnation
-        if initiating and sender in self._left:
-            self._left.discard(sender)
-            self._peers = None
-            return True
-        return False
 
-    def left(self, sender: str) -> None:
-        """``sender`` said LEAVE."""
-        if sender not in self._left:
-            self._left.add(sender)
+    def active(self, sender: str, hlc: Timestamp, stream: int | None) -> bool:
+        """``sender`` started something (a DELTA of delta stream ``stream``, an AE_ROOT, a
+        READ) at ``hlc``. Returns True if that brings back a peer that had left: a message
+        after its LEAVE, or from another process than the one that left."""
+        if hlc > self._active.get(sender, _ZERO):
+            self._active[sender] = hlc
+        back = False
+        left = self._left.get(sender)
+        if left is not None and (hlc > left[0] or (stream is not None and stream != left[1])):
+            del self._left[sender]
+            back = True
+        t = self._gossip_left.get(sender)
+        if t is not None and t < hlc and sender not in self._left:
+            back = True
+        if back:
             self._peers = None
+        return back
+
+    def left(self, sender: str, hlc: Timestamp, stream: int) -> bool:
+        """``sender`` said LEAVE at ``hlc`` (its process's stream: ``stream``). A LEAVE older
+        than something the sender started since is stale and ignored. Returns whether it
+        counts."""
+        if hlc <= self._active.get(sender, _ZERO):
+            return False
+        self._left[sender] = (hlc, stream)
+        self._peers = None
+        return True
 
     def incarnation_of(self, peer: str) -> int | None:
         return self._incarnations.get(peer)

@@ -55,6 +55,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 MAX_KEY_BYTES = 1024
+MAX_NODE_ID_BYTES = 200
 MODES = ("push", "pull", "push-pull")
 
 
@@ -385,17 +386,20 @@ class Chunk(Message):
 
 @dataclass(frozen=True, slots=True)
 class Leave(Message):
-    """The sender is shutting down gracefully: stop counting it until it speaks again."""
+    """The sender is shutting down gracefully: stop counting it until it starts something
+    again. ``stream`` is the leaving process's delta stream (a DELTA of another stream is a new
+    process)."""
 
     KIND: ClassVar[Kind] = Kind.LEAVE
+    stream: int
 
     def to_wire(self) -> list[Any]:
-        return []
+        return [self.stream]
 
     @classmethod
     def from_wire(cls, x: Any, r: Reader, limits: Limits) -> Leave:
-        r.arr(x, "LEAVE", 0)
-        return cls()
+        (stream,) = r.arr(x, "LEAVE", 1)
+        return cls(r.integer(stream, "stream"))
 
 
 BODIES: dict[Kind, type[Message]] = {
@@ -469,6 +473,8 @@ def decode_message(data: bytes, *, cluster: str, limits: Limits) -> Envelope:
                 "wrong_cluster", f"message for cluster {their_cluster!r}, this is {cluster!r}"
             )
         sender = r.replica(raw[2], "sender")
+        if "/" in sender or len(sender.encode("utf-8")) > MAX_NODE_ID_BYTES:
+            r.fail(f"sender: a node id has at most {MAX_NODE_ID_BYTES} bytes and no '/'")
         incarnation = r.integer(raw[3], "incarnation", 0)
         msg_id = r.integer(raw[4], "msg_id")
         reply_to = r.integer(raw[5], "reply_to")

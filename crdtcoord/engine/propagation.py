@@ -235,10 +235,17 @@ class Propagation:
         peers = self._members.peers()
         if not peers:
             self._log.clear()
-            return
-        floor = min((self._peers[p].acked if p in self._peers else 0) for p in peers)
-        while self._log and self._log[0].seq <= floor:
-            self._log.popleft()
+        else:
+            floor = min((self._peers[p].acked if p in self._peers else 0) for p in peers)
+            while self._log and self._log[0].seq <= floor:
+                self._log.popleft()
+        first = self._log[0].seq if self._log else self.seq + 1
+        for st in self._peers.values():
+            if st.retry_at is not None and st.acked < first - 1:
+                # A peer that is not live (it left) lost entries it never acknowledged: nothing
+                # is left to resend; if it comes back, its stream is behind and it is repaired.
+                st.retry_at = None
+                st.silent = 0
 
     def mark_behind(self, peer: str, st: PeerStream | None = None, *, probe: bool = False) -> None:
         """Hand ``peer`` to anti-entropy: its stream jumps to the present (acks no longer prove
@@ -270,6 +277,11 @@ class Propagation:
         """``peer`` restarted without its state: whatever it acknowledged is gone."""
         self.mark_behind(peer)
 
+    def rto_of(self, peer: str) -> float:
+        """The current retransmission timeout towards ``peer`` (before backoff)."""
+        st = self._peers.get(peer)
+        return self._core.config.retransmit_after if st is None else self._rto(st)
+
     # ------------------------------------------------------------------ incoming
 
     def ack_for(self, msg: Delta) -> Ack:
@@ -295,15 +307,22 @@ class Propagation:
         self._acked(peer, st.acked, st.floor)
         self.gc()
 
-    def heard_from(self, peer: str) -> None:
-        """Any message from ``peer``. If it had gone silent, the link (or the partition) has
-        healed: resend now to it and to every other silent peer (they were probably cut off
-        by the same partition, and would otherwise wait for their backed-off timers)."""
+    def heard_from(self, peer: str, *, reply: bool) -> None:
+        """A message from ``peer``; ``reply``: it answers one of ours (proof that our traffic
+        reaches it). A reply from a cut-off peer means the link or the partition healed: resend
+        now to it and to every other cut-off peer, backoff reset. A message that is not a reply
+        only shows the peer→us direction works (a one-way partition looks the same): resend to
+        that peer alone, once per backed-off period, backoff kept."""
         st = self._peers.get(peer)
-        if st is None or st.silent < _CUT_OFF or st.retry_at is None:
+        if st is None or st.silent < _CUT_OFF or st.retry_at is None or not self._log:
+            return
+        now = self._core.now
+        if not reply:
+            if st.acked < st.sent and now >= st.healed_at + self._backoff(st):
+                st.healed_at = now
+                self._retry(peer, st)
             return
         self._core.count("heals_detected")
-        now = self._core.now
         quiet_since = now - self._core.config.retransmit_after
         for p, other in list(self._peers.items()):
             if (
@@ -321,6 +340,9 @@ class Propagation:
     def _retry(self, p: str, st: PeerStream) -> None:
         core = self._core
         c = core.config
+        if not self._log:  # nothing left to resend
+            st.retry_at = None
+            return
         core.count("retransmits")
         if c.probe_bytes is not None and self._backlog_bytes(st) > c.probe_bytes:
             self.mark_behind(p, st, probe=True)
@@ -331,9 +353,13 @@ class Propagation:
         self._send_range(p, st)
         st.silent = silent
         st.timing = None  # Karn: a resent range is not timed
+        st.retry_at = core.now + self._backoff(st)
+
+    def _backoff(self, st: PeerStream) -> float:
+        """The timeout after ``st.silent`` resends without progress: doubled each time, capped."""
         rto = self._rto(st)
-        backoff = rto * (1 << min(silent - 1, 6))
-        st.retry_at = core.now + min(backoff, max(4 * c.retransmit_after, rto))
+        backoff = rto * (1 << min(max(st.silent - 1, 0), 6))
+        return min(backoff, max(4 * self._core.config.retransmit_after, rto))
 
     def _rto(self, st: PeerStream) -> float:
         """The retransmission timeout before backoff (RFC 6298, section 2)."""

@@ -226,19 +226,22 @@ class Store:
                 grew = local.merge(incoming)
                 if before is not None and vv is not None:
                     self._check_escalation(key, before, incoming, vv, origin)
-            if vv is not None:
-                self._vv.setdefault(key, VersionVector()).merge(vv)
-            if grew:
+            vv_grew = vv is not None and self._vv.setdefault(key, VersionVector()).merge(vv)
+            if grew or vv_grew:
                 self.index.touch(key)
                 mine = self._vv.get(key)
+                # (only the version vector grew: persist it with the key's own state, which
+                # a type conflict may have kept over the incoming one; critical keys are small)
+                delta = incoming if grew else self._states[key].copy()
                 core.emit(
                     Persist(
                         key,
-                        incoming,
+                        delta,
                         vv=mine.copy() if mine is not None else None,
                         replace=replaced,
                     )
                 )
+            if grew:
                 inflated.append(e)
         core.count("entries_received", len(entries))
         core.count("entries_inflating", len(inflated))

@@ -31,8 +31,10 @@ from crdtcoord.engine import (
 )
 from crdtcoord.host.storage import Storage, StorageError
 
-__all__ = ["EventSink", "Host", "SendFn"]
+__all__ = ["CLEAN", "EventSink", "Host", "SendFn"]
 
+#: Storage counter: 1 when the last process shut down cleanly (see Host.close).
+CLEAN = "clean_shutdown"
 #: ``send(peer, data, kind)``: hand one encoded message to the transport.
 SendFn = Callable[[str, bytes, Kind], None]
 #: Receives every event (Changed, WriteDone, ...) in order.
@@ -61,6 +63,8 @@ class Host:
         self._failed: BaseException | None = None
         #: driver counters restored from the storage by :meth:`open`
         self.restored_meta: dict[str, int] = {}
+        self._recover = False  # probe the peers at start (the last process crashed)
+        self._marked = False  # the storage records that this process has not shut down cleanly
 
     @classmethod
     def open(
@@ -93,6 +97,9 @@ class Host:
             )
         host = cls(engine, storage, send, on_event, meta=meta)
         host.restored_meta = dict(snap.meta) if snap is not None else {}
+        # A node whose last process did not shut down cleanly may have applied updates whose
+        # deltas never left: it probes its peers at start (Engine.recover).
+        host._recover = snap is not None and snap.meta.get(CLEAN) != 1
         return host
 
     # ------------------------------------------------------------------ inputs
@@ -103,8 +110,23 @@ class Host:
         return self.engine
 
     def start(self, now: float) -> None:
-        self._ok().start(now)
+        engine = self._ok()
+        engine.start(now)
+        if self._recover:
+            self._recover = False
+            engine.recover()
         self.run()
+
+    def close(self) -> bool:
+        """Record a clean shutdown if nothing is left to send (every delta acknowledged), so the
+        next start need not probe its peers; returns whether it was clean."""
+        engine = self._ok()
+        self.run()
+        clean = engine.backlog() == 0 and engine.pending_requests() == 0
+        if clean:
+            self.storage.write([], {CLEAN: 1})
+        self.storage.close()
+        return clean
 
     def update(self, key: str, factory: Any, fn: Any, now: float, **kw: Any) -> int:
         """:meth:`Engine.update`, then run the effects."""
@@ -155,6 +177,9 @@ class Host:
         batch = [e for e in effects if isinstance(e, Persist)]
         events: list[Event] = [e for e in effects if not isinstance(e, Persist | Send)]
         meta = self._meta(events) if self._meta is not None else None
+        if batch and not self._marked:  # from now on, a crash is not a clean shutdown
+            meta = {**(meta or {}), CLEAN: 0}
+            self._marked = True
         if batch or meta:
             try:
                 self.storage.write(batch, meta)

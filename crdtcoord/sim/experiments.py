@@ -18,6 +18,7 @@ from typing import Any, Literal
 from crdtcoord.codec import encode
 from crdtcoord.engine import EngineConfig, Persist
 from crdtcoord.host import MemoryStorage, Storage
+from crdtcoord.host.host import CLEAN
 from crdtcoord.sim.network import Constant, LinkConfig, NetworkConfig, Uniform
 from crdtcoord.sim.simulation import Simulation
 from crdtcoord.types import CRDTBase, GCounter
@@ -137,7 +138,7 @@ def preloaded(node: str, states: dict[str, CRDTBase], incarnation: int = 1) -> S
     """A MemoryStorage that already holds ``states`` for ``node`` (as if it had persisted them)."""
     st = MemoryStorage()
     st.create(node, incarnation)
-    st.write([Persist(k, v) for k, v in states.items()])
+    st.write([Persist(k, v) for k, v in states.items()], {CLEAN: 1})
     return st
 
 

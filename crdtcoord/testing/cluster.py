@@ -77,11 +77,16 @@ class ManualCluster:
         self.storages: dict[str, Storage] = {}
         self._last_incarnation: dict[str, int] = {}
         for n in self.names:
-            self.storages[n] = self.storage(n) if self.storage else RecordingStorage()
+            self.storages[n] = self._new_storage(n)
             self.events[n] = []
             self._open(n)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _new_storage(self, node: str) -> Storage:
+        if self.storage is not None:
+            return self.storage(node)
+        return RecordingStorage(self.config.dedupe_window)
 
     def _wall_ms(self, node: str) -> int:
         """The node's wall clock when it (re)starts; a restart takes at least 1 ms."""
@@ -190,7 +195,7 @@ class ManualCluster:
         """Start the node again from its storage (wiped first with ``lose_state``)."""
         self.down.discard(node)
         if lose_state:
-            self.storages[node] = self.storage(node) if self.storage else RecordingStorage()
+            self.storages[node] = self._new_storage(node)
         self._open(node)
 
     def flush_network(self, max_messages: int = 100_000) -> int:

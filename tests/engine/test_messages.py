@@ -64,7 +64,7 @@ BODIES: dict[Kind, Message] = {
     Kind.READ: Read(4, "k"),
     Kind.READ_REPLY: ReadReply(4, "k", _counter(5), None),
     Kind.CHUNK: Chunk(11, 0, 2, b"abc"),
-    Kind.LEAVE: Leave(),
+    Kind.LEAVE: Leave(7),
 }
 
 

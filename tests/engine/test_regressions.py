@@ -252,10 +252,14 @@ def test_messages_in_flight_to_a_crashed_process_are_lost() -> None:
     sim.run_for(0.1)
     sim.update("a", "k", GCounter, inc())
     sim.run_for(0.0051)  # the delta is on the wire
+    dropped = sim.stats.messages_dropped
     sim.crash("b")
     sim.restart("b")
-    sim.run_for(0.5)
-    assert "k" not in sim.engine("b")  # it was addressed to the process that crashed
+    assert "k" not in sim.engine("b")
+    sim.run_for(0.01)
+    assert sim.stats.messages_dropped > dropped  # addressed to the process that crashed
+    sim.run_for(1.0)
+    assert sim.value("b", "k") == 1  # the restarted b probed a (it crashed) and was repaired
     with pytest.raises(InvalidArgument):
         sim.crash("b")
         sim.read("b", "k")
