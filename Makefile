@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## make demo: three replicas update concurrently, exchange deltas out of order, converge
+## make demo: three real engines update concurrently over a lossy network, partition, crash, converge
 demo: $(STAMP)
 	$(PY) -m crdtcoord.demo
 
@@ -33,10 +33,12 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p benchmarks/results
 	$(PY) benchmarks/kernel.py --json benchmarks/results/kernel.json
+	$(PY) benchmarks/engine.py --json benchmarks/results/engine.json
 	$(PY) benchmarks/sim.py --json benchmarks/results/sim.json
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/kernel.py --quick
+	$(PY) benchmarks/engine.py --quick
 	$(PY) benchmarks/sim.py --quick
 
 clean:

@@ -118,3 +118,25 @@ def test_sim_benchmark_quick(tmp_path: Path) -> None:
     names = {r["name"]: r for r in data["results"]}
     assert names["sim_20_rounds_1000_replicas"]["value"] > 0
     assert "all informed after" in names["sim_20_rounds_1000_replicas"]["note"]
+
+
+def test_engine_benchmark_quick(tmp_path: Path) -> None:
+    target = tmp_path / "engine.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--quick", "--json", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    data = json.loads(target.read_text())
+    names = {r["name"]: r for r in data["results"]}
+    for needed in (
+        "bare GCounter.increment",
+        "Engine.update GCounter increment (callback)",
+        "engine_increment_vs_bare",
+        "heal_5s_auto_reconverge",
+        "repair_states_vs_differing",
+    ):
+        assert needed in names, needed
+    assert names["repair_states_vs_differing"]["value"] <= 1.0

@@ -179,6 +179,10 @@ class AntiEntropy:
         pushes, pulls = msg.mode != "pull", msg.mode != "push"
         i_ship = pushes if i_am_initiator else pulls
         they_ship = pulls if i_am_initiator else pushes
+        # On a key both hold differently, who goes first? Without per-key causality nobody
+        # knows which side is newer: ask for theirs first (and ship the join back if it holds
+        # more) — except in a repair, whose initiator owes the peer data: it ships first.
+        ship_first = not they_ship or (msg.mode == "repair" and i_am_initiator)
         if msg.entries:
             self._join(msg.entries, peer)
         store = self._store
@@ -223,10 +227,12 @@ class AntiEntropy:
                     ship.extend(
                         k
                         for k, d in ours.items()
-                        if k not in theirs or (theirs[k] != d and not they_ship)
+                        if k not in theirs or (theirs[k] != d and ship_first)
                     )
                 if they_ship:
                     for k, d in item.keys:
+                        if k in ours and ship_first and i_ship:
+                            continue  # shipped above; their join comes back if it holds more
                         if ours.get(k) != d and owns(item.level, item.prefix, k):
                             state = store.state(k)
                             my_want.append(Want(k, Summary.of(state) if state else None))
@@ -273,7 +279,7 @@ class AntiEntropy:
                     # (on a slow link an exchange takes several round trips: don't overlap them)
                     rep.due = now + max(retry, 4 * self._rto(p))
                     rep.attempts += 1
-                    self.begin(p, "push-pull")  # a repair must push what the peer lacks
+                    self.begin(p, "repair")  # push-pull: the peer lacks what we hold
         if self._next is not None and now >= self._next:
             while self._next <= now:
                 self._next += self._gap()

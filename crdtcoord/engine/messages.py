@@ -56,7 +56,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_KEY_BYTES = 1024
 MAX_NODE_ID_BYTES = 200
-MODES = ("push", "pull", "push-pull")
+#: Anti-entropy modes. "repair" is push-pull started by a node that owes its peer data: on a
+#: key both hold differently, the initiator ships first (it is presumed newer).
+MODES = ("push", "pull", "push-pull", "repair")
 
 
 class Kind(enum.IntEnum):

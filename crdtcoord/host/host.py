@@ -161,6 +161,13 @@ class Host:
         finally:
             self.run()
 
+    def recover(self) -> None:
+        """:meth:`Engine.recover` (probe every peer by anti-entropy), then run the effects."""
+        try:
+            self._ok().recover()
+        finally:
+            self.run()
+
     def next_deadline(self) -> float | None:
         return self._ok().next_deadline()
 

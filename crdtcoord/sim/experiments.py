@@ -176,9 +176,13 @@ def steady_state_bytes(keys: int, *, rounds: int = 5, seed: int = 0) -> dict[str
     }
 
 
-def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
+def repair_bytes(
+    keys: int, differing: int, *, seed: int = 0, initiator: str = "a", repair: bool = False
+) -> dict[str, Any]:
     """Bytes one anti-entropy exchange ships when ``differing`` of ``keys`` keys differ (updated
-    at one replica only), versus a full-state sync of the whole store."""
+    at replica ``a`` only), versus a full-state sync of the whole store. The exchange is started
+    by ``initiator`` ("a": the newer side; "b": the older one), as a periodic round, or with
+    ``repair`` as a repair (started by a node that owes the peer data)."""
     store = _store(keys)
     full = sum(len(encode(s)) + len(k) for k, s in store.items())
     sim = _pair(store, seed)
@@ -190,9 +194,13 @@ def repair_bytes(keys: int, differing: int, *, seed: int = 0) -> dict[str, Any]:
             GCounter,
             lambda c, ctx: c.increment(ctx.replica, 1),
         )
-    sim.run_until(0.5)
-    sim.engine("b").stop_anti_entropy()  # one exchange, initiated by a
+    other = "b" if initiator == "a" else "a"
+    sim.run_until(0.5 if not repair else 0.4)
+    sim.engine(other).stop_anti_entropy()  # one exchange, started by the initiator
     start = sim.stats.bytes_sent
+    if repair:
+        sim.engine(initiator).stop_anti_entropy()
+        sim.recover(initiator)  # as after a crash: it probes its peer with a repair exchange
     sim.run_until(1.5)
     used = sim.stats.bytes_sent - start
     converged = sim.converged()

@@ -358,6 +358,12 @@ class Simulation:
         h.host.start(self._local(h))
         self._after_input(h)
 
+    def recover(self, node: str) -> None:
+        """Make ``node`` repair its peers as after a crash (:meth:`Engine.recover`)."""
+        h = self.nodes[node]
+        h.host.recover()
+        self._after_input(h)
+
     def leave(self, node: str) -> None:
         """Graceful shutdown: the node announces LEAVE, then stops (restart brings it back)."""
         h = self.nodes[node]
