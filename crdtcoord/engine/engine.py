@@ -298,7 +298,9 @@ class Engine:
 
     def poll(self) -> list[Effect]:
         """Everything the driver must do or know, in order (persist before dependent sends)."""
-        out, self._core.effects = self._core.effects, []
+        effects = self._core.effects
+        out = effects[:]
+        effects.clear()  # (the list object stays: parts hold it)
         return out
 
     # ================================================================ local API
@@ -326,7 +328,7 @@ class Engine:
         core = self._core
         if now != core.now:
             core.advance(now)
-        if type(key) is not str or key not in self._store or key[0] == "$":
+        if type(key) is not str or key not in self._store.states or key[0] == "$":
             check_key(key)  # (a key already in the store was checked when it was created)
         if op_id is not None:
             _check_op_id(op_id)
@@ -335,14 +337,14 @@ class Engine:
                 return self._confirm(op_id, key, consistency, timeout)
         if consistency is LOCAL and op_id is None:
             # the common path, inlined: apply, batch the delta, report, a handle
-            delta, _ = self._store.update(key, factory, fn, None)
+            delta = self._store.update(key, factory, fn, None)
             self._propagation.enqueue(key, delta, core.node_id)
             if self._feed.active:
                 self._feed.changed(key, None)
             core._handle += 1
             return core._handle
         required = 1 if consistency is LOCAL else consistency.required(self.member_count())
-        delta, _ = self._store.update(key, factory, fn, op_id)
+        delta = self._store.update(key, factory, fn, op_id)
         if op_id is not None:
             self._op_ids.add(op_id)
         self._changed_locally(key, delta, force=required > 1)
@@ -384,7 +386,7 @@ class Engine:
         return handle
 
     def _local(self, key: str, op: Update, *, force: bool) -> None:
-        delta, _ = self._store.update(key, _factory(op), op)
+        delta = self._store.update(key, _factory(op), op)
         self._changed_locally(key, delta, force=force)
 
     def _changed_locally(self, key: str, delta: CRDTBase, *, force: bool) -> None:

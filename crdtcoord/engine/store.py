@@ -11,6 +11,7 @@ the type's parameters — on every replica, which keeps the store a join.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,9 @@ from crdtcoord.engine.tree import DigestIndex
 from crdtcoord.types import CRDTBase, Op, UpdateContext
 
 __all__ = ["Critical", "Store", "check_key", "rank"]
+
+#: Builds a Persist without the named tuple's Python-level __new__ (the update hot path).
+_persist = functools.partial(tuple.__new__, Persist)
 
 #: ``critical(key, state) -> bool``: does this key's conflicts go to the escalation hook?
 Critical = Callable[[str, CRDTBase], bool]
@@ -68,10 +72,13 @@ class Store:
         self._core = core
         self._critical = critical
         self._states: dict[str, CRDTBase] = {}
+        #: the states by key, for fast membership tests by the engine (read-only for others)
+        self.states = self._states
         self._vv: dict[str, VersionVector] = {}
         self.index = DigestIndex(self._digest)
         self._dirty = self.index.dirty
         self._update_ctx = UpdateContext(core.actor, core.hlc)
+        self._effects = core.effects  # (the same list for the engine's life: poll() drains it)
 
     def load(self, states: Mapping[str, CRDTBase], versions: Mapping[str, VersionVector]) -> None:
         """Take ownership of restored states (from storage) before the engine starts."""
@@ -141,8 +148,8 @@ class Store:
         factory: Callable[[], CRDTBase],
         fn: Update,
         op_id: str | None = None,
-    ) -> tuple[CRDTBase, VersionVector | None]:
-        """Apply a local update; returns its delta and the key's version vector (critical keys).
+    ) -> CRDTBase:
+        """Apply a local update; returns its delta.
 
         ``fn`` is an op of the key's type, or ``fn(state, ctx)`` returning the delta of what it
         applied. A refused update raises and changes nothing (except that a callback which
@@ -167,7 +174,6 @@ class Store:
                 )
             else:
                 state = found
-        core = self._core
         ctx = self._update_ctx
         if isinstance(fn, Op):
             if not isinstance(state, getattr(type(fn), "TYPE", ())):
@@ -193,10 +199,10 @@ class Store:
         vv = None
         if state.CRITICAL_BY_DEFAULT if self._critical is None else self._critical(key, state):
             vv = self._vv.setdefault(key, VersionVector())
-            vv.increment(core.actor)
+            vv.increment(self._core.actor)
             vv = vv.copy()
-        core.effects.append(Persist(key, delta, vv, False, op_id))
-        return delta, vv
+        self._effects.append(_persist((key, delta, vv, False, op_id)))
+        return delta
 
     def _repersist(self, key: str, state: CRDTBase) -> None:
         """A callback mutated and then failed: keep memory and storage equal (the mutation will

@@ -187,13 +187,12 @@ def repair_bytes(
     full = sum(len(encode(s)) + len(k) for k, s in store.items())
     sim = _pair(store, seed)
     stride = max(1, keys // max(differing, 1))
-    for i in range(differing):
-        sim.update(
-            "a",
-            f"key-{(i * stride) % keys:07d}",
-            GCounter,
-            lambda c, ctx: c.increment(ctx.replica, 1),
-        )
+    changed = {f"key-{(i * stride) % keys:07d}" for i in range(differing)}
+    for key in sorted(changed):
+        sim.update("a", key, GCounter, GCounter.Increment(1))
+    a = sim.engine("a")
+    # what differs, encoded as the newer side holds it: the least any repair must ship
+    differing_bytes = sum(len(encode(a.get(k))) for k in changed)  # type: ignore[arg-type, misc]
     other = "b" if initiator == "a" else "a"
     sim.run_until(0.5 if not repair else 0.4)
     sim.engine(other).stop_anti_entropy()  # one exchange, started by the initiator
@@ -214,6 +213,7 @@ def repair_bytes(
         "ratio": 2 * full / used if used else math.inf,
         "converged_in_one_round": converged,
         "state_bytes": m["ae_state_bytes"],  # encoded states shipped (both directions)
+        "differing_state_bytes": differing_bytes,
         "tree_bytes": m["ae_tree_bytes"],  # tree items (branches and leaf key lists)
         "keys_shipped": m["ae_keys_shipped"],
     }
