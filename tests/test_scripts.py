@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -105,32 +106,28 @@ def test_cli_inspect(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unsupported version 9 of ORSet" in bad.stderr
 
 
-def test_sim_benchmark_quick(tmp_path: Path) -> None:
-    target = tmp_path / "sim.json"
+def _quick_results(script: str, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Run ``benchmarks/<script>.py --quick`` and return its results by name."""
+    target = tmp_path / f"{script}.json"
+    path = ROOT / "benchmarks" / f"{script}.py"
     subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sim.py"), "--quick", "--json", str(target)],
+        [sys.executable, str(path), "--quick", "--json", str(target)],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
-    data = json.loads(target.read_text())
-    names = {r["name"]: r for r in data["results"]}
+    return {r["name"]: r for r in json.loads(target.read_text())["results"]}
+
+
+def test_sim_benchmark_quick(tmp_path: Path) -> None:
+    names = _quick_results("sim", tmp_path)
     assert names["sim_20_rounds_1000_replicas"]["value"] > 0
     assert "all informed after" in names["sim_20_rounds_1000_replicas"]["note"]
 
 
 def test_engine_benchmark_quick(tmp_path: Path) -> None:
-    target = tmp_path / "engine.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "engine.py"), "--quick", "--json", str(target)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    data = json.loads(target.read_text())
-    names = {r["name"]: r for r in data["results"]}
+    names = _quick_results("engine", tmp_path)
     for needed in (
         "bare GCounter.increment",
         "Engine.update GCounter increment (callback)",
