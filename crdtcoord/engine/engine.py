@@ -63,7 +63,7 @@ from crdtcoord.engine.propagation import PeerStream, Propagation
 from crdtcoord.engine.requests import OpIds, Requests
 from crdtcoord.engine.store import Critical, Store, Update, check_key
 from crdtcoord.engine.tree import DigestIndex
-from crdtcoord.types import CRDTBase, ORMap
+from crdtcoord.types import CRDTBase
 
 __all__ = ["Engine"]
 
@@ -525,7 +525,9 @@ class Engine:
         """Join received entries; report, forward and apply what inflated the store."""
         trusted = []
         for e in entries:
-            if e.key.startswith("$") and (e.key != MEMBERS_KEY or not _is_map(e.state)):
+            if e.key.startswith("$") and not (
+                e.key == MEMBERS_KEY and self._members.is_members_state(e.state)
+            ):
                 self._core.count("entries_ignored")
                 continue  # unknown reserved keys, or a membership that is not a map
             trusted.append(e)
@@ -568,10 +570,6 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({self.actor!r}, keys={len(self._store)}, peers={self.peer_count()})"
-
-
-def _is_map(state: CRDTBase) -> bool:
-    return isinstance(state, ORMap)
 
 
 def _factory(op: Update) -> Callable[[], CRDTBase]:

@@ -138,6 +138,11 @@ class Membership:
                 self._gossip_left[node] = ts if isinstance(ts, Timestamp) else _ZERO
         self._peers = None
 
+    @staticmethod
+    def is_members_state(state: object) -> bool:
+        """Is ``state`` of the ``$members`` schema's type (a map)? Anything else is ignored."""
+        return isinstance(state, ORMap)
+
     def own_entry_stale(self, members: Any) -> bool:
         """Does ``$members`` misstate this running node (status not up, or another
         incarnation)? Then it must announce itself again."""
