@@ -1,0 +1,346 @@
+"""SqliteStorage: a node's durable state in one SQLite file (stdlib ``sqlite3``, WAL mode).
+
+Layout (schema 2):
+
+* ``meta(k, v)``: schema version, node id, incarnation, driver counters;
+* ``states(key, state, size)``: the last compacted state of each key (the codec's bytes);
+* ``deltas(id, key, delta, replace)``: what was persisted since, in order;
+* ``versions(key, vv)``: version vectors of critical keys;
+* ``op_ids(seq, op_id)``: the window of operation ids applied.
+
+Every :meth:`write` is **one transaction** (the host calls it once per group of effects, before
+any message that depends on them leaves the node). Opening replays each key's deltas over its
+state. A key is compacted (its deltas folded into its state, in a transaction of its own) once
+its deltas outweigh its state, so compaction work stays proportional to the bytes written and a
+restart reads at most about twice the store.
+
+**Durability.** ``durability="process"`` (the default) is WAL with ``synchronous=NORMAL``: a
+committed write survives the process being killed (``kill -9``) but not a power loss or an OS
+crash, which can roll back the last transactions. ``durability="power"`` is ``synchronous=FULL``:
+every commit is synced to the disk before the host sends anything, surviving power loss, at the
+cost of an fsync per write (disk-dependent, measured 7.4k commits/s vs 61k here).
+
+A data dir is locked by the process that opened it (a second opener gets :class:`StorageError`),
+because two processes writing one node's state would reuse its dots.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+
+from crdtcoord._exceptions import CodecError, CrdtcoordError
+from crdtcoord._wire import Reader, pack, unpack
+from crdtcoord.clocks.vv import VersionVector
+from crdtcoord.codec import decode, encode
+from crdtcoord.engine.effects import Persist
+from crdtcoord.host.storage import Snapshot, StorageError
+from crdtcoord.types import CRDTBase
+
+__all__ = ["SCHEMA", "SqliteStorage"]
+
+#: The schema this build writes. Older ones are migrated on open; newer ones are refused.
+SCHEMA = 2
+
+_DDL_V2 = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, state BLOB NOT NULL,
+                                   size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deltas (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+                                   delta BLOB NOT NULL, replace INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS deltas_key ON deltas (key, id);
+CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, vv BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS op_ids (seq INTEGER PRIMARY KEY, op_id TEXT NOT NULL UNIQUE);
+"""
+
+#: Schema 1 (crdtcoord 0.1 development builds): op ids were one msgpack list in ``meta``. Kept
+#: to migrate such data dirs (and to test the migration).
+DDL_V1 = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, state BLOB NOT NULL,
+                                   size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deltas (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+                                   delta BLOB NOT NULL, replace INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (key TEXT PRIMARY KEY, vv BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+_FIXED = ("schema", "node_id", "incarnation")
+
+
+def _ddl(db: sqlite3.Connection, script: str) -> None:
+    """Run DDL statements inside the caller's transaction (executescript would commit it)."""
+    for stmt in script.split(";"):
+        if stmt.strip():
+            db.execute(stmt)
+
+
+class SqliteStorage:
+    """A node's durable state in SQLite (see the module documentation)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["process", "power"] = "process",
+        op_window: int = 10_000,
+        compact_min_bytes: int = 64 * 1024,
+    ) -> None:
+        if durability not in ("process", "power"):
+            raise StorageError(f"durability is 'process' or 'power', not {durability!r}")
+        self.path = Path(path)
+        self.durability = durability
+        self._window = op_window
+        self._compact_min = compact_min_bytes
+        self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
+        self._node: str | None = None
+        #: per key: bytes of the compacted state, bytes of the deltas since
+        self._state_size: dict[str, int] = {}
+        self._delta_size: dict[str, int] = {}
+        #: counters for status and metrics
+        self.writes = 0
+        self.compactions = 0
+        self.last_write_s = 0.0
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            raise StorageError(
+                f"{self.path} is in use by another process (one process per data dir)"
+            ) from None
+        self._lock = lock
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            sync = "NORMAL" if self.durability == "process" else "FULL"
+            db.execute(f"PRAGMA synchronous={sync}")
+        except sqlite3.DatabaseError as exc:
+            self._unlock()
+            raise StorageError(f"{self.path} is not a usable SQLite database: {exc}") from None
+        self._db = db
+        return db
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def close(self) -> None:
+        """Close the database and release the data dir."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._unlock()
+
+    def __enter__(self) -> SqliteStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema
+
+    def _tables(self, db: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _meta(self, db: sqlite3.Connection) -> dict[str, Any]:
+        return dict(db.execute("SELECT k, v FROM meta").fetchall())
+
+    def _migrate(self, db: sqlite3.Connection, version: int) -> None:
+        """Bring an older schema to :data:`SCHEMA`, one step at a time, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 1:
+                _ddl(db, _DDL_V2)
+                row = db.execute("SELECT v FROM meta WHERE k = 'op_ids'").fetchone()
+                ids = msgpack.unpackb(row[0]) if row is not None else []
+                db.executemany("INSERT OR IGNORE INTO op_ids(op_id) VALUES (?)", ((i,) for i in ids))
+                db.execute("DELETE FROM meta WHERE k = 'op_ids'")
+                db.execute("UPDATE meta SET v = 2 WHERE k = 'schema'")
+                version = 2
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ Storage protocol
+
+    def open(self, node_id: str) -> Snapshot | None:
+        try:
+            return self._open(node_id)
+        except StorageError:
+            self.close()  # a refused data dir is left as it was, and unlocked
+            raise
+
+    def _open(self, node_id: str) -> Snapshot | None:
+        db = self._connect()
+        if "meta" not in self._tables(db):
+            return None
+        meta = self._meta(db)
+        if "node_id" not in meta:
+            return None  # created but never initialised: as good as new
+        version = meta.get("schema")
+        if type(version) is not int or version < 1:
+            raise StorageError(f"{self.path}: unknown schema version {version!r}")
+        if version > SCHEMA:
+            raise StorageError(
+                f"{self.path} was written with schema {version}, newer than this crdtcoord "
+                f"reads ({SCHEMA}): upgrade crdtcoord, or use another data dir"
+            )
+        if meta["node_id"] != node_id:
+            raise StorageError(f"{self.path} holds node {meta['node_id']!r}, not {node_id!r}")
+        if version < SCHEMA:
+            self._migrate(db, version)
+            meta = self._meta(db)
+        self._node = node_id
+        try:
+            return self._load(db, node_id, meta)
+        except (CodecError, CrdtcoordError, msgpack.exceptions.UnpackException) as exc:
+            raise StorageError(f"{self.path} holds a state that does not decode: {exc}") from None
+
+    def _load(self, db: sqlite3.Connection, node_id: str, meta: dict[str, Any]) -> Snapshot:
+        states: dict[str, CRDTBase] = {}
+        for key, blob, size in db.execute("SELECT key, state, size FROM states"):
+            states[key] = decode(blob)
+            self._state_size[key] = size
+        for key, blob, replace in db.execute("SELECT key, delta, replace FROM deltas ORDER BY id"):
+            d = decode(blob)
+            cur = states.get(key)
+            if cur is None or replace:
+                states[key] = d
+            else:
+                cur.merge(d)
+            self._delta_size[key] = self._delta_size.get(key, 0) + len(blob)
+        versions = {
+            key: VersionVector.from_wire(unpack(blob), Reader())
+            for key, blob in db.execute("SELECT key, vv FROM versions")
+        }
+        op_ids = [r[0] for r in db.execute("SELECT op_id FROM op_ids ORDER BY seq")]
+        counters = {k: v for k, v in meta.items() if k not in _FIXED and type(v) is int}
+        return Snapshot(node_id, int(meta["incarnation"]), states, versions, op_ids, counters)
+
+    def create(self, node_id: str, incarnation: int) -> None:
+        db = self._connect()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _ddl(db, _DDL_V2)
+            for table in ("meta", "states", "deltas", "versions", "op_ids"):
+                db.execute(f"DELETE FROM {table}")
+            db.executemany(
+                "INSERT INTO meta(k, v) VALUES (?, ?)",
+                [("schema", SCHEMA), ("node_id", node_id), ("incarnation", incarnation)],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._node = node_id
+        self._state_size.clear()
+        self._delta_size.clear()
+
+    def write(self, batch: Sequence[Persist], meta: dict[str, int] | None = None) -> None:
+        if self._db is None or self._node is None:
+            raise StorageError("write before open/create")
+        db = self._db
+        t0 = time.perf_counter()
+        rows = [(p.key, encode(p.delta), int(p.replace)) for p in batch]
+        versions = [(p.key, pack(p.vv.to_wire())) for p in batch if p.vv is not None]
+        op_ids = [(p.op_id,) for p in batch if p.op_id is not None]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if rows:
+                db.executemany("INSERT INTO deltas(key, delta, replace) VALUES (?, ?, ?)", rows)
+            if versions:
+                db.executemany("INSERT OR REPLACE INTO versions(key, vv) VALUES (?, ?)", versions)
+            if op_ids:
+                db.executemany("INSERT OR IGNORE INTO op_ids(op_id) VALUES (?)", op_ids)
+                db.execute(
+                    "DELETE FROM op_ids WHERE seq <= (SELECT MAX(seq) FROM op_ids) - ?",
+                    (self._window,),
+                )
+            if meta:
+                bad = [k for k in meta if k in _FIXED]
+                if bad:
+                    raise StorageError(f"meta keys {bad} are the storage's own")
+                db.executemany("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", meta.items())
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StorageError(f"write to {self.path} failed: {exc}") from exc
+        self.writes += 1
+        for key, blob, replace in rows:
+            if replace:
+                self._compact(key)
+            else:
+                self._delta_size[key] = self._delta_size.get(key, 0) + len(blob)
+        self._compact_heavy(k for k, _, _ in rows)
+        self.last_write_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ compaction
+
+    def _compact_heavy(self, keys: Iterable[str]) -> None:
+        for key in set(keys):
+            pending = self._delta_size.get(key, 0)
+            if pending > max(self._compact_min, self._state_size.get(key, 0)):
+                self._compact(key)
+
+    def _compact(self, key: str) -> None:
+        """Fold ``key``'s deltas into its state (one transaction)."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT state FROM states WHERE key = ?", (key,)).fetchone()
+            state: CRDTBase | None = decode(row[0]) if row is not None else None
+            last = 0
+            for id_, blob, replace in db.execute(
+                "SELECT id, delta, replace FROM deltas WHERE key = ? ORDER BY id", (key,)
+            ):
+                d = decode(blob)
+                if state is None or replace:
+                    state = d
+                else:
+                    state.merge(d)
+                last = id_
+            if state is not None:
+                blob = encode(state)
+                db.execute(
+                    "INSERT OR REPLACE INTO states(key, state, size) VALUES (?, ?, ?)",
+                    (key, blob, len(blob)),
+                )
+                db.execute("DELETE FROM deltas WHERE key = ? AND id <= ?", (key, last))
+                self._state_size[key] = len(blob)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._delta_size[key] = 0
+        self.compactions += 1
+
+    def compact_all(self) -> None:
+        """Fold every key's deltas into its state (e.g. before a backup)."""
+        for key in list(self._delta_size):
+            if self._delta_size[key]:
+                self._compact(key)
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({str(self.path)!r}, durability={self.durability!r})"
