@@ -169,7 +169,8 @@ class SqliteStorage:
                 _ddl(db, _DDL_V2)
                 row = db.execute("SELECT v FROM meta WHERE k = 'op_ids'").fetchone()
                 ids = msgpack.unpackb(row[0]) if row is not None else []
-                db.executemany("INSERT OR IGNORE INTO op_ids(op_id) VALUES (?)", ((i,) for i in ids))
+                rows = [(i,) for i in ids]
+                db.executemany("INSERT OR IGNORE INTO op_ids(op_id) VALUES (?)", rows)
                 db.execute("DELETE FROM meta WHERE k = 'op_ids'")
                 db.execute("UPDATE meta SET v = 2 WHERE k = 'schema'")
                 version = 2
