@@ -10,6 +10,12 @@ send bytes; the host feeds the engine and then executes :meth:`Engine.poll` **in
    before the change is as durable as the storage makes it;
 2. then sends and events, in the engine's order.
 
+**Deferred mode** (``defer=True``, what a networked node uses): writes accumulate across polls
+and go to the storage in one transaction as soon as anything depends on them — a send, or an
+event other than ``Changed`` — and at every tick; ``Changed`` events wait for that write. A local
+update is then applied in memory at once and durable within one batching window, before any
+message about it leaves the node (group commit across updates).
+
 A failed write is fatal to the host (crash-only: its memory is ahead of its disk); it refuses
 every further call, and the driver restarts it from its storage. A restart is :meth:`Host.open`
 on the same storage: the engine is built from what was persisted, nothing else. A storage with no
@@ -22,13 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from crdtcoord.engine import (
-    Engine,
-    Event,
-    Kind,
-    Persist,
-    Send,
-)
+from crdtcoord.engine import Changed, Effect, Engine, Event, Kind, Persist, Send
 from crdtcoord.host.storage import Storage, StorageError
 
 __all__ = ["CLEAN", "EventSink", "Host", "SendFn"]
@@ -54,6 +54,8 @@ class Host:
         on_event: EventSink | None = None,
         *,
         meta: MetaFn | None = None,
+        defer: bool = False,
+        max_deferred: int = 10_000,
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -64,6 +66,10 @@ class Host:
         #: driver counters restored from the storage by :meth:`open`
         self.restored_meta: dict[str, int] = {}
         self._recover = False  # probe the peers at start (the last process crashed)
+        self._defer = defer
+        self._max_deferred = max_deferred
+        self._deferred: list[Persist] = []  # written at the next flush
+        self._queue: list[Effect] = []  # released after that write
         self._marked = False  # the storage records that this process has not shut down cleanly
 
     @classmethod
@@ -76,6 +82,7 @@ class Host:
         *,
         wall_ms: int,
         meta: MetaFn | None = None,
+        defer: bool = False,
         **engine_args: Any,
     ) -> Host:
         """Build the engine from ``storage`` (or, with no stored state, under a new incarnation
@@ -95,7 +102,7 @@ class Host:
                 op_ids=snap.op_ids,
                 **engine_args,
             )
-        host = cls(engine, storage, send, on_event, meta=meta)
+        host = cls(engine, storage, send, on_event, meta=meta, defer=defer)
         host.restored_meta = dict(snap.meta) if snap is not None else {}
         # A node whose last process did not shut down cleanly may have applied updates whose
         # deltas never left: it probes its peers at start (Engine.recover).
@@ -122,6 +129,7 @@ class Host:
         next start need not probe its peers; returns whether it was clean."""
         engine = self._ok()
         self.run()
+        self.flush()
         clean = engine.backlog() == 0 and engine.pending_requests() == 0
         if clean:
             self.storage.write([], {CLEAN: 1})
@@ -154,6 +162,7 @@ class Host:
             self._ok().tick(now)
         finally:
             self.run()
+            self.flush()  # (deferred mode: at least one write per tick)
 
     def leave(self, now: float) -> None:
         try:
@@ -174,14 +183,40 @@ class Host:
     # ------------------------------------------------------------------ the effect loop
 
     def run(self) -> None:
-        """Execute the engine's effects in order: the poll's writes first (one transaction),
-        then its sends and events."""
+        """Execute the engine's effects in order: the writes first (one transaction), then the
+        sends and events. In deferred mode, writes accumulate until something depends on them
+        (a send, an event other than Changed) or until :meth:`flush`."""
         if self._failed is not None:
             return
         effects = self.engine.poll()
         if not effects:
             return
-        batch = [e for e in effects if isinstance(e, Persist)]
+        if not self._defer:
+            self._commit([e for e in effects if isinstance(e, Persist)], effects)
+            return
+        urgent = False
+        for e in effects:
+            if isinstance(e, Persist):
+                self._deferred.append(e)
+            else:
+                self._queue.append(e)
+                urgent = urgent or not isinstance(e, Changed)
+        if urgent or len(self._deferred) >= self._max_deferred:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is deferred (one transaction), then release what waited for it."""
+        if self._failed is not None or not (self._deferred or self._queue):
+            return
+        batch, self._deferred = self._deferred, []
+        queue, self._queue = self._queue, []
+        self._commit(batch, queue)
+
+    def pending_writes(self) -> int:
+        """Persist effects applied in memory and not written yet (deferred mode)."""
+        return len(self._deferred)
+
+    def _commit(self, batch: list[Persist], effects: list[Effect]) -> None:
         events: list[Event] = [e for e in effects if not isinstance(e, Persist | Send)]
         meta = self._meta(events) if self._meta is not None else None
         if batch and not self._marked:  # from now on, a crash is not a clean shutdown
