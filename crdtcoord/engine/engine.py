@@ -93,11 +93,13 @@ class Engine:
         critical: Critical | None = None,
         process_id: int | None = None,
         clock_ms: Callable[[], int] | None = None,
+        advertise: str | None = None,
     ) -> None:
         """``store``/``versions``/``op_ids`` restore a node from its storage (the engine takes
         ownership of the states); ``process_id`` identifies this process start (random by
         default; a simulator passes a seeded one); ``clock_ms`` is the physical clock of the
-        HLC in ms (default: ``now`` in ms)."""
+        HLC in ms (default: ``now`` in ms); ``advertise`` is the address this node gossips in
+        ``$members`` so that peers learn how to reach it."""
         check_replica(node_id)
         if "/" in node_id or len(node_id.encode()) > 200:
             raise InvalidArgument("node id must not contain '/' and must be at most 200 bytes")
@@ -111,7 +113,7 @@ class Engine:
         )
         self._store = Store(core, critical)
         self._feed = Feed(core)
-        self._members = Membership(core, tuple(seeds))
+        self._members = Membership(core, tuple(seeds), advertise)
         self._requests = Requests(core)
         self._op_ids = OpIds(cfg.dedupe_window, op_ids)
         self._op_handles: dict[str, int] = {}
@@ -173,6 +175,11 @@ class Engine:
     def clock(self) -> HLC:
         """The hybrid logical clock (its ``last`` is the latest timestamp issued or merged)."""
         return self._core.hlc
+
+    @property
+    def delta_seq(self) -> int:
+        """The sequence number of this process's latest delta-buffer entry."""
+        return self._propagation.seq
 
     def backlog(self) -> int:
         """Delta-buffer entries not yet acknowledged by every peer."""
@@ -259,6 +266,15 @@ class Engine:
         """The gossiped membership table (node id -> entry), this node included."""
         m = self._store.state(MEMBERS_KEY)
         return m.value() if m is not None else {}
+
+    def add_peer(self, peer: str) -> None:
+        """Add a peer at run time (a transport resolved its address). A new peer is probed by
+        anti-entropy at once (it may lack everything this node holds)."""
+        check_replica(peer)
+        if "/" in peer or len(peer.encode()) > 200:
+            raise InvalidArgument("node id must not contain '/' and must be at most 200 bytes")
+        if self._members.add_seed(peer) and self._started:
+            self._propagation.mark_behind(peer, probe=True)
 
     def incarnation_of(self, peer: str) -> int | None:
         """The latest incarnation seen from ``peer``."""
@@ -431,8 +447,9 @@ class Engine:
 
     # ================================================================ receiving
 
-    def receive(self, data: bytes, now: float) -> None:
-        """Take one message. A bad message raises :class:`ProtocolError` and changes nothing."""
+    def receive(self, data: bytes, now: float) -> str:
+        """Take one message; returns its sender. A bad message raises :class:`ProtocolError`
+        and changes nothing."""
         self._core.advance(now)
         try:
             env = decode_message(data, cluster=self.config.cluster_id, limits=self.config.limits)
@@ -440,6 +457,7 @@ class Engine:
         except ProtocolError:
             self._core.count("rejected")
             raise
+        return env.sender
 
     def _accept(self, env: Envelope) -> None:
         """Checks every message (a reassembled one too) passes before it takes effect."""

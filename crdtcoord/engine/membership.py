@@ -48,8 +48,9 @@ MEMBERS_KEY = "$members"
 class Membership:
     """Peers, their incarnations, and departures of one engine."""
 
-    def __init__(self, core: Core, seeds: tuple[str, ...]) -> None:
+    def __init__(self, core: Core, seeds: tuple[str, ...], advertise: str | None = None) -> None:
         self._core = core
+        self._advertise = advertise
         # Seeds without duplicates (computed once per distinct tuple: a simulator shares one
         # tuple among thousands of engines, and nothing here may copy it per engine).
         self._seeds = _distinct(seeds)
@@ -108,9 +109,25 @@ class Membership:
     # ------------------------------------------------------------------ $members
 
     def announcement(self, status: str = "up") -> Op:
-        """The op that writes this node's own entry into ``$members``."""
+        """The op that writes this node's own entry into ``$members`` (with the address it
+        advertises, if any, so that other nodes learn how to reach it)."""
         entry: dict[str, Value] = {"inc": self._core.id.incarnation, "status": status}
+        if self._advertise is not None:
+            entry["addr"] = self._advertise
         return ORMap.Update(self._core.node_id, LWWRegister.Assign(entry))
+
+    def add_seed(self, peer: str) -> bool:
+        """Add a peer learned at run time (e.g. a transport resolved an address); returns
+        whether it is new."""
+        if peer == self._core.node_id or peer in self._seeds:
+            return False
+        self._seeds = (*self._seeds, peer)
+        if self._seed_set is not None:
+            self._seed_set = self._seed_set | {peer}
+        if peer in self._gossiped:
+            self._gossiped = [p for p in self._gossiped if p != peer]
+        self._peers = None
+        return True
 
     def refresh(self, members: Any) -> None:
         """Recompute gossiped peers from the ``$members`` state."""
@@ -153,6 +170,7 @@ class Membership:
             isinstance(mine, dict)
             and mine.get("status") == "up"
             and mine.get("inc") == self._core.id.incarnation
+            and mine.get("addr") == self._advertise
         )
 
     # ------------------------------------------------------------------ incarnations, leaving

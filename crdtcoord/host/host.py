@@ -149,11 +149,11 @@ class Host:
         finally:
             self.run()
 
-    def receive(self, data: bytes, now: float) -> None:
-        """:meth:`Engine.receive`, then run the effects (a :class:`ProtocolError` propagates; a
-        rejected message produced none)."""
+    def receive(self, data: bytes, now: float) -> str:
+        """:meth:`Engine.receive` (returns the sender), then run the effects (a
+        :class:`ProtocolError` propagates; a rejected message produced none)."""
         try:
-            self._ok().receive(data, now)
+            return self._ok().receive(data, now)
         finally:
             self.run()
 

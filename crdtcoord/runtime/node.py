@@ -1,0 +1,480 @@
+"""The asyncio node: one replica with a real clock, a transport and a storage.
+
+``Node`` drives the same engine as the simulator, through the same :class:`~crdtcoord.host.Host`
+(in deferred mode: local updates are group-committed, see the host). It owns two clocks: a
+**monotonic** clock for every timer (a wall-clock step, forward or back, never stalls or
+rushes one) and the **wall** clock, used only for the hybrid logical clock and for a new node's
+incarnation.
+
+Example::
+
+    async with Node("n1", transport=HttpTransport(...), storage=SqliteStorage("n1.db")) as n:
+        hits = n.counter("hits")
+        await hits.inc()                       # local: applied now, durable within 5 ms
+        await hits.inc(consistency=MAJORITY)   # returns once a majority made it durable
+        print(hits.value())
+        async for change in n.subscribe("cfg/", since=cursor):
+            ...
+
+Closing is graceful: the node writes what is pending, waits (bounded) until its peers have
+acknowledged its deltas, announces LEAVE (peers stop counting it for ``majority`` until it is
+back), and records a clean shutdown if nothing was left unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from crdtcoord._exceptions import InvalidArgument
+from crdtcoord.engine import (
+    LOCAL,
+    MEMBERS_KEY,
+    Changed,
+    Consistency,
+    Engine,
+    EngineConfig,
+    Escalation,
+    Event,
+    Kind,
+    OpFailed,
+    PeerRepair,
+    ReadDone,
+    WriteDone,
+)
+from crdtcoord.host import Host, MemoryStorage, Storage
+from crdtcoord.runtime.feed import META_KEY, Change, ChangeFeed
+from crdtcoord.runtime.handles import (
+    BoundedCounterHandle,
+    CounterHandle,
+    FlagHandle,
+    MapHandle,
+    PNCounterHandle,
+    RegisterHandle,
+    SetHandle,
+)
+from crdtcoord.runtime.transport import LocalNetwork, LocalTransport, Transport
+from crdtcoord.types import CRDTBase, Op
+
+__all__ = ["Node", "wall_ms"]
+
+
+def wall_ms() -> int:
+    """The wall clock in integer milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class Node:
+    """One replica on asyncio (see the module documentation)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        transport: Transport | None = None,
+        storage: Storage | None = None,
+        config: EngineConfig | None = None,
+        critical: Callable[[str, CRDTBase], bool] | None = None,
+        failure_timeout: float = 5.0,
+        wall_clock: Callable[[], int] = wall_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+        keep_changes: int = 100_000,
+        feed_queue: int = 10_000,
+    ) -> None:
+        """``failure_timeout``: seconds of silence after which a peer is shown as suspected;
+        ``keep_changes``: changes kept for feed replays; ``feed_queue``: changes a subscriber
+        may fall behind before it gets ``Compacted``."""
+        self.node_id = node_id
+        self.config = config or EngineConfig()
+        self.transport: Transport = transport or LocalTransport(LocalNetwork())
+        self.storage: Storage = storage or MemoryStorage(self.config.dedupe_window)
+        self.failure_timeout = failure_timeout
+        self._critical = critical
+        self._wall = wall_clock
+        self._mono = monotonic
+        self._keep = keep_changes
+        self._feed_queue = feed_queue
+        self._t0 = 0.0
+        self._host: Host | None = None
+        self._feed: ChangeFeed | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._waiting: dict[int, asyncio.Future[Event]] = {}
+        self._contact: dict[str, float] = {}
+        self._started_at = 0.0
+        self._closed = False
+        #: escalations raised by the engine (the consensus hook comes with coordination)
+        self.escalations: list[Escalation] = []
+        self.on_escalation: Callable[[Escalation], None] | None = None
+        #: counters of this node's own (besides the engine's)
+        self.counters: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Node:
+        """Open the storage, start the transport and the engine."""
+        if self._host is not None:
+            return self
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._mono()
+        self._host = Host.open(
+            self.node_id,
+            self.storage,
+            self._send,
+            self._on_event,
+            wall_ms=self._wall(),
+            meta=lambda events: self._feed.meta(events) if self._feed is not None else None,
+            defer=True,
+            seeds=tuple(self.transport.seeds()),
+            config=self.config,
+            critical=self._critical,
+            clock_ms=self._wall,
+            advertise=self.transport.advertise(),
+        )
+        engine = self._host.engine
+        engine.report_all_changes()
+        self._feed = ChangeFeed(
+            engine.incarnation,
+            self._host.restored_meta.get(META_KEY, 0),
+            self.value,
+            self._keys,
+            keep=self._keep,
+            queue=self._feed_queue,
+        )
+        await self.transport.start(self)
+        self._started_at = self._now()
+        self._host.start(self._now())
+        self._reschedule()
+        return self
+
+    async def close(self, *, drain: float = 2.0) -> bool:
+        """Graceful shutdown; returns whether it was clean (every delta acknowledged)."""
+        if self._closed or self._host is None:
+            return False
+        host = self._host
+        host.flush()
+        await self._drain(self._now() + drain * 0.75)
+        host.leave(self._now())  # ($members says "left": one more delta, then LEAVE)
+        host.flush()
+        await self._drain(self._now() + drain * 0.25)
+        self._closed = True
+        await self.transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.cancel()
+        return host.close()
+
+    async def _drain(self, deadline: float) -> None:
+        """Wait (until ``deadline``) for every delta to be acknowledged; timers keep running."""
+        assert self._host is not None
+        engine = self._host.engine
+        while engine.backlog() and engine.peers() and self._now() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ clocks and timer
+
+    def _now(self) -> float:
+        return self._mono() - self._t0
+
+    def _reschedule(self) -> None:
+        if self._closed or self._host is None or self._loop is None:
+            return
+        d = self._host.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = d
+        if d is not None:
+            self._timer = self._loop.call_later(max(0.0, d - self._now()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._host is None or self._closed:
+            return
+        self._host.tick(self._now())
+        self._reschedule()
+
+    # ------------------------------------------------------------------ engine plumbing
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (for inspection; mutate through handles or :meth:`apply`)."""
+        if self._host is None:
+            raise InvalidArgument("the node is not started")
+        return self._host.engine
+
+    @property
+    def incarnation(self) -> int:
+        return self.engine.incarnation
+
+    @property
+    def actor(self) -> str:
+        return self.engine.actor
+
+    def actor_of(self, node: str) -> str:
+        """The replica id of another node's current incarnation (it must have been heard from)."""
+        inc = self.engine.incarnation_of(node)
+        if inc is None:
+            raise InvalidArgument(f"node {node!r} has not been heard from yet")
+        return f"{node}/{inc}"
+
+    def _send(self, peer: str, data: bytes, kind: Kind) -> None:
+        self.transport.send(peer, data, kind)
+
+    def receive(self, data: bytes) -> str:
+        """Take one message from the transport; returns the sender. A refused message raises
+        :class:`~crdtcoord.ProtocolError` and changes nothing."""
+        host = self._host
+        if host is None or self._closed:
+            raise InvalidArgument("the node is not running")
+        sender = host.receive(data, self._now())
+        self._contact[sender] = self._now()
+        self._reschedule()
+        return sender
+
+    def add_peer(self, peer: str) -> None:
+        """A peer became reachable (the transport resolved its address)."""
+        self.engine.add_peer(peer)
+        if self._host is not None:
+            self._host.run()
+        self._reschedule()
+
+    def _on_event(self, e: Event) -> None:
+        if isinstance(e, Changed):
+            if e.key == MEMBERS_KEY:
+                self._learn_addresses()
+            elif self._feed is not None:
+                self._feed.changed(e)
+        elif isinstance(e, WriteDone | ReadDone | OpFailed):
+            fut = self._waiting.pop(e.op_id, None)
+            if fut is not None and not fut.done():
+                if isinstance(e, OpFailed):
+                    fut.set_exception(e.error)
+                else:
+                    fut.set_result(e)
+        elif isinstance(e, Escalation):
+            self.escalations.append(e)
+            if self.on_escalation is not None:
+                self.on_escalation(e)
+        elif isinstance(e, PeerRepair):
+            self.counters["peer_repairs"] = self.counters.get("peer_repairs", 0) + 1
+
+    def _learn_addresses(self) -> None:
+        for node, info in self.engine.members().items():
+            if node != self.node_id and isinstance(info, dict):
+                addr = info.get("addr")
+                if isinstance(addr, str):
+                    self.transport.learn(node, addr)
+
+    # ------------------------------------------------------------------ updates and reads
+
+    def apply_local(self, key: str, factory: Any, op: Op) -> None:
+        """Apply an update at LOCAL consistency, now (no suspension): the fast path of the
+        handles. Durable within one batching window; the timer writes and sends it."""
+        host = self._host
+        if host is None or self._closed:
+            raise InvalidArgument("the node is not running")
+        now = self._mono() - self._t0
+        host.engine.update(key, factory, op, now)
+        at = self._timer_at
+        if at is None or at > now + self.config.delta_delay:
+            host.run()  # (the effects, deferred: the batching timer writes them)
+            self._reschedule()
+
+    async def apply(
+        self,
+        key: str,
+        op: Op,
+        factory: Any = None,
+        *,
+        consistency: Consistency = LOCAL,
+        op_id: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Apply ``op`` to ``key`` (created with ``factory()``, by default the op's type)."""
+        if self._host is None or self._closed:
+            raise InvalidArgument("the node is not running")
+        factory = factory or type(op).TYPE
+        if consistency is LOCAL and op_id is None:
+            self.apply_local(key, factory, op)
+            return
+        handle = self._host.engine.update(
+            key, factory, op, self._now(), consistency=consistency, op_id=op_id, timeout=timeout
+        )
+        if consistency is LOCAL:
+            self._host.run()
+            self._reschedule()
+            return
+        assert self._loop is not None
+        fut: asyncio.Future[Event] = self._loop.create_future()
+        self._waiting[handle] = fut
+        self._host.run()
+        self._reschedule()
+        await fut
+
+    async def read(
+        self, key: str, *, consistency: Consistency = LOCAL, timeout: float | None = None
+    ) -> Any:
+        """The value of ``key`` after joining the replies of ``consistency`` replicas."""
+        if self._host is None or self._closed:
+            raise InvalidArgument("the node is not running")
+        assert self._loop is not None
+        handle = self._host.engine.read(key, self._now(), consistency=consistency, timeout=timeout)
+        fut: asyncio.Future[Event] = self._loop.create_future()
+        self._waiting[handle] = fut
+        self._host.run()
+        self._reschedule()
+        done = await fut
+        assert isinstance(done, ReadDone)
+        return None if done.state is None else done.state.value()
+
+    def value(self, key: str) -> Any:
+        """The local value of ``key`` (None if absent), without waiting."""
+        return self.engine.value(key)
+
+    def state(self, key: str) -> CRDTBase | None:
+        """A copy of the local state of ``key``."""
+        return self.engine.get(key)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return self._keys(prefix)
+
+    def _keys(self, prefix: str) -> list[str]:
+        return [k for k in self.engine.keys(prefix) if not k.startswith("$")]
+
+    def flush(self) -> None:
+        """Write what is pending now (instead of at the next batching tick)."""
+        if self._host is not None:
+            self._host.flush()
+
+    # ------------------------------------------------------------------ handles
+
+    def counter(self, name: str) -> CounterHandle:
+        return CounterHandle(self, name)
+
+    def pn_counter(self, name: str) -> PNCounterHandle:
+        return PNCounterHandle(self, name)
+
+    def bounded_counter(self, name: str, lower: int = 0) -> BoundedCounterHandle:
+        return BoundedCounterHandle(self, name, lower)
+
+    def set(self, name: str) -> SetHandle:
+        return SetHandle(self, name)
+
+    def register(self, name: str) -> RegisterHandle:
+        return RegisterHandle(self, name)
+
+    def map(self, name: str) -> MapHandle:
+        return MapHandle(self, name)
+
+    def flag(self, name: str) -> FlagHandle:
+        return FlagHandle(self, name)
+
+    # ------------------------------------------------------------------ change feed
+
+    def subscribe(self, prefix: str = "", since: str | None = None) -> AsyncIterator[Change]:
+        """Changes of keys under ``prefix`` in commit order (see :mod:`crdtcoord.runtime.feed`);
+        ``since``: resume after that cursor (:class:`~crdtcoord.runtime.Compacted` if the node
+        no longer can, with a snapshot)."""
+        if self._feed is None:
+            raise InvalidArgument("the node is not started")
+        return self._feed.subscribe(prefix, since)
+
+    @property
+    def cursor(self) -> str:
+        """The feed cursor of the latest change."""
+        if self._feed is None:
+            raise InvalidArgument("the node is not started")
+        return self._feed.cursor
+
+    # ------------------------------------------------------------------ status
+
+    def peer_status(self) -> list[dict[str, Any]]:
+        """Per peer: last contact, suspicion, delta lag, round trip."""
+        e = self.engine
+        now = self._now()
+        out = []
+        for p in sorted(set(e.peers()) | set(self._contact)):
+            st = e.peer_stream(p)
+            last = self._contact.get(p)
+            silent_for = (now - last) if last is not None else (now - self._started_at)
+            out.append(
+                {
+                    "node": p,
+                    "incarnation": e.incarnation_of(p),
+                    "last_contact_s": None if last is None else round(now - last, 3),
+                    "suspected": silent_for > self.failure_timeout,
+                    "left": p not in e.peers(),
+                    "lag": (e.delta_seq - st.acked) if st is not None else e.delta_seq,
+                    "rtt_ms": round(st.srtt * 1000, 3) if st is not None and st.srtt else None,
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Everything ``/v1/status`` shows (see ``docs/operations.md`` for each field)."""
+        e = self.engine
+        m = e.metrics
+        host = self._host
+        assert host is not None and self._feed is not None
+        sync = {
+            k: m.get(k, 0)
+            for k in (
+                "bytes_sent",
+                "bytes_received",
+                "sent_DELTA",
+                "received_DELTA",
+                "retransmits",
+                "ae_rounds",
+                "ae_in_sync",
+                "repairs_scheduled",
+                "repairs_done",
+                "escalations",
+                "rejected",
+                "heals_detected",
+            )
+        }
+        storage: dict[str, Any] = {"kind": type(self.storage).__name__}
+        for attr in ("path", "durability", "writes", "compactions", "last_write_s"):
+            if hasattr(self.storage, attr):
+                v = getattr(self.storage, attr)
+                storage[attr] = str(v) if attr == "path" else v
+        storage["pending_writes"] = host.pending_writes()
+        return {
+            "node": self.node_id,
+            "incarnation": e.incarnation,
+            "cluster": self.config.cluster_id,
+            "uptime_s": round(self._now() - self._started_at, 3),
+            "keys": len(self._keys("")),
+            "members": e.member_count(),
+            "peers": self.peer_status(),
+            "backlog": e.backlog(),
+            "repairs": e.repairs(),
+            "pending_requests": e.pending_requests(),
+            "sync": sync,
+            "feed": {
+                "cursor": self._feed.cursor,
+                "subscribers": self._feed.subscribers(),
+                "lag": self._feed.lag(),
+            },
+            "storage": storage,
+            "transport": self.transport.status(),
+            "escalations": len(self.escalations),
+        }
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._host else "new")
+        return f"Node({self.node_id!r}, {state})"
