@@ -182,11 +182,9 @@ async def test_a_cursor_the_node_cannot_continue_gets_compacted_with_a_snapshot(
 
 
 async def test_a_subscriber_that_falls_behind_is_told() -> None:
-    node = Node("a", config=FAST)
+    node = Node("a", config=FAST, feed_queue=4)
     await node.start()
     try:
-        assert node._feed is not None
-        node._feed._queue = 4
         slow = node.subscribe("k")
         first = asyncio.ensure_future(slow.__anext__())
         await asyncio.sleep(0)
