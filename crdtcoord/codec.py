@@ -64,8 +64,11 @@ def _gc_paused() -> Iterator[None]:
 
 def to_wire(x: CRDTBase) -> list[Any]:
     """The unpacked envelope ``[tag, version, payload]`` (for embedding in larger messages)."""
-    if not isinstance(x, CRDTBase) or type(x).TYPE_TAG not in registered_types():
-        raise TypeError(f"not a registered crdtcoord type: {type(x).__name__}")
+    if not isinstance(x, CRDTBase) or registered_types().get(type(x).TYPE_TAG) is not type(x):
+        raise TypeError(
+            f"not a registered crdtcoord type: {type(x).__name__} (register it with"
+            " @register_type(tag); a subclass of a registered type needs a tag of its own)"
+        )
     return [x.TYPE_TAG, x.WIRE_VERSION, x.to_payload()]
 
 

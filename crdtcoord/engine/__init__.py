@@ -12,6 +12,7 @@ from crdtcoord.engine.effects import (
     Persist,
     ReadDone,
     Send,
+    TypeConflict,
     WriteDone,
 )
 from crdtcoord.engine.engine import Engine
@@ -46,6 +47,7 @@ __all__ = [
     "ProtocolError",
     "ReadDone",
     "Send",
+    "TypeConflict",
     "UpdateContext",
     "WriteDone",
     "at_least",

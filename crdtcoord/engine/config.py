@@ -36,6 +36,28 @@ class Consistency:
     def __str__(self) -> str:
         return f"at_least({self.n})" if self.kind == "n" else self.kind
 
+    @staticmethod
+    def parse(x: object) -> Consistency:
+        """A level from its name (``"local"``, ``"majority"``, ``"all"``, ``"at_least(2)"``), a
+        count of replicas (``2``), or a level; :class:`InvalidArgument` otherwise."""
+        if isinstance(x, Consistency):
+            return x
+        if type(x) is int:
+            return at_least(x)
+        if isinstance(x, str):
+            s = x.strip().lower()
+            named = {"local": LOCAL, "majority": MAJORITY, "all": ALL}
+            if s in named:
+                return named[s]
+            if s.startswith("at_least(") and s.endswith(")") and s[9:-1].isdigit():
+                return at_least(int(s[9:-1]))
+            if s.isdigit():
+                return at_least(int(s))
+        raise InvalidArgument(
+            f"not a consistency level: {x!r} (use LOCAL, MAJORITY, ALL, at_least(n), or their"
+            " names 'local', 'majority', 'all', 'at_least(n)')"
+        )
+
 
 LOCAL = Consistency("local")
 MAJORITY = Consistency("majority")

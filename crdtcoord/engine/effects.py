@@ -24,6 +24,7 @@ __all__ = [
     "OpFailed",
     "PeerRepair",
     "Persist",
+    "TypeConflict",
     "ReadDone",
     "Send",
     "WriteDone",
@@ -66,9 +67,10 @@ class Changed:
 
 @dataclass(frozen=True, slots=True)
 class WriteDone:
-    """A write reached its consistency level (``acked_by`` includes this node)."""
+    """A write reached its consistency level (``acked_by`` includes this node). ``handle`` is
+    what :meth:`Engine.update` returned (not the idempotency ``op_id``)."""
 
-    op_id: int
+    handle: int
     key: str
     acked_by: tuple[str, ...]
 
@@ -77,7 +79,7 @@ class WriteDone:
 class ReadDone:
     """A read reached its consistency level; ``state`` is the join of what was read."""
 
-    op_id: int
+    handle: int
     key: str
     state: CRDTBase | None
     replied: tuple[str, ...]
@@ -108,7 +110,7 @@ class ConsistencyTimeout(CrdtcoordError):
 class OpFailed:
     """A write or read with a consistency level failed; ``error`` says what was reached."""
 
-    op_id: int
+    handle: int
     key: str
     error: ConsistencyTimeout
 
@@ -125,6 +127,19 @@ class Escalation:
 
 
 @dataclass(frozen=True, slots=True)
+class TypeConflict:
+    """``key`` was created concurrently with two types (or type parameters). Every replica keeps
+    the larger type rank (wire tag, then parameters) and discards the other's state: ``kept`` is
+    the type that stays, ``dropped`` the state that was discarded here (its data is lost unless
+    the application re-applies it)."""
+
+    key: str
+    kept: str
+    dropped: CRDTBase
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRepair:
     """A peer is handed to anti-entropy: ``behind`` (it fell behind the delta buffer, or
     restarted without its state) or ``probe`` (it went silent with a large backlog: a root
@@ -134,5 +149,5 @@ class PeerRepair:
     reason: str = field(default="behind")
 
 
-Event = Changed | WriteDone | ReadDone | OpFailed | Escalation | PeerRepair
+Event = Changed | WriteDone | ReadDone | OpFailed | Escalation | TypeConflict | PeerRepair
 Effect = Send | Persist | Event

@@ -63,7 +63,7 @@ from crdtcoord.engine.propagation import PeerStream, Propagation
 from crdtcoord.engine.requests import OpIds, Requests
 from crdtcoord.engine.store import Critical, Store, Update, check_key
 from crdtcoord.engine.tree import DigestIndex
-from crdtcoord.types import CRDTBase
+from crdtcoord.types import CRDTBase, ORMap
 
 __all__ = ["Engine"]
 
@@ -73,7 +73,6 @@ C = TypeVar("C", bound=CRDTBase)
 #: (they could only come from a broken or hostile peer, and would overflow this node's clock).
 _MAX_WALL_MS = 2**48
 _MAX_LOGICAL = 2**31
-_INITIATING = (Delta, AeRoot, Read)
 
 
 class Engine:
@@ -182,7 +181,8 @@ class Engine:
         return self._propagation.seq
 
     def backlog(self) -> int:
-        """Delta-buffer entries not yet acknowledged by every peer."""
+        """Delta-buffer entries not yet acknowledged by every live peer (a batch still
+        waiting for ``delta_delay`` counts as one): zero means nothing is left to send."""
         return self._propagation.backlog()
 
     def peer_stream(self, peer: str) -> PeerStream | None:
@@ -290,26 +290,46 @@ class Engine:
         self._core.advance(now)
         self._ae.start(now)
         if self.config.gossip_membership:
+            # "up", to every member known, including those believed to have left (they may be
+            # back too, each waiting for the other): the announcement also tells them this node
+            # is back if it had left
             self._local(MEMBERS_KEY, self._members.announcement("up"), force=False)
+            self._propagation.flush()
+            self._propagation.push(self._members.known())
 
     def leave(self, now: float) -> None:
-        """Announce a graceful departure: ``$members`` says ``left`` and every peer gets LEAVE
-        (they stop counting this node for ``majority``/``all`` until it speaks again). Send it
-        after the last deltas were acknowledged; the driver then stops."""
+        """Announce a graceful departure: this node's ``$members`` entry says ``left`` and every
+        known member gets it in a LEAVE (they stop counting this node for ``majority``/``all``
+        and stop sending it deltas until its next "up" announcement). Call it after the last
+        deltas were acknowledged; the driver then stops. Without ``gossip_membership`` there is
+        no membership to announce in: pending deltas are pushed and nothing else happens."""
         self._core.advance(now)
         self._leaving = True
-        if self.config.gossip_membership:
-            self._local(MEMBERS_KEY, self._members.announcement("left"), force=True)
-            self._propagation.flush()
+        self._propagation.flush()
+        if not self.config.gossip_membership:
             self._propagation.push(self._members.peers())
-        for p in self._members.peers():
-            self._core.send(p, Leave(self._propagation.stream))
+            return
+        delta = self._store.update(MEMBERS_KEY, ORMap, self._members.announcement("left"))
+        self._changed_locally(MEMBERS_KEY, delta, force=True)
+        self._propagation.flush()
+        self._propagation.push(self._members.known())
+        for p in self._members.known():
+            self._core.send(p, Leave(delta))
+
+    def _rejoin(self) -> None:
+        """A node that left is used again (an update after :meth:`leave`): it is back, and says
+        so to every known member."""
+        self._leaving = False
+        if self.config.gossip_membership:
+            self._local(MEMBERS_KEY, self._members.announcement("up"), force=True)
+            self._propagation.flush()
+            self._propagation.push(self._members.known())
 
     def recover(self) -> None:
         """After a crash (not a clean shutdown): the previous process may have applied updates
-        whose deltas never left. Probe every peer by anti-entropy (a root comparison first, so
-        a peer already in sync costs one small message pair)."""
-        for p in self._members.peers():
+        whose deltas never left. Probe every known member by anti-entropy (a root comparison
+        first, so a peer already in sync costs one small message pair)."""
+        for p in self._members.known():
             self._propagation.mark_behind(p, probe=True)
 
     def poll(self) -> list[Effect]:
@@ -344,6 +364,11 @@ class Engine:
         core = self._core
         if now != core.now:
             core.advance(now)
+        if type(consistency) is not Consistency:
+            consistency = Consistency.parse(consistency)
+        if isinstance(fn, type):
+            name = fn.__qualname__
+            raise InvalidArgument(f"pass an op or a function, not the class {name}: {name}(...)")
         if type(key) is not str or key not in self._store.states or key[0] == "$":
             check_key(key)  # (a key already in the store was checked when it was created)
         if op_id is not None:
@@ -351,6 +376,8 @@ class Engine:
             if op_id in self._op_ids:
                 core.count("deduplicated_ops")
                 return self._confirm(op_id, key, consistency, timeout)
+        if self._leaving:
+            self._rejoin()
         if consistency is LOCAL and op_id is None:
             # the common path, inlined: apply, batch the delta, report, a handle
             delta = self._store.update(key, factory, fn, None)
@@ -424,6 +451,7 @@ class Engine:
         core = self._core
         core.advance(now)
         check_key(key, internal=True)
+        consistency = Consistency.parse(consistency)
         required = consistency.required(self.member_count())
         if required <= 1:
             handle = core.next_handle()
@@ -491,12 +519,6 @@ class Engine:
             self._propagation.forget(peer)
             self._requests.forget(peer)
         self._members.record(peer, env.incarnation)
-        if isinstance(body, _INITIATING):
-            stream = body.stream if isinstance(body, Delta) else None
-            if self._members.active(peer, env.hlc, stream):
-                # back after leaving: it missed what was not sent to it meanwhile
-                self._core.count("peers_rejoined")
-                self._propagation.mark_behind(peer)
         ahead = env.hlc.wall - core.physical_ms()
         if ahead > self.config.max_clock_offset_ms:
             # A clock this far ahead is not merged: one broken peer must not drag every replica's
@@ -534,7 +556,12 @@ class Engine:
                         self._join((Entry(m.key, m.state, m.vv),), peer, forward=False)
                     self._requests.replied(m.op, peer, self.get(m.key))
             case Leave() as m:
-                if self._members.left(peer, env.hlc, m.stream):
+                # its own entry only: a LEAVE speaks for its sender, nobody else
+                if isinstance(m.members, ORMap) and set(m.members.value()) <= {peer}:
+                    self._join((Entry(MEMBERS_KEY, m.members),), peer, forward=False)
+                else:
+                    self._core.count("entries_ignored")
+                if self._members.is_left(peer):
                     self._ae.cancel_repair(peer)  # (it is repaired when it comes back)
 
     def _join(
@@ -555,7 +582,12 @@ class Engine:
                 self._propagation.enqueue(e.key, e.state, origin)
             if e.key == MEMBERS_KEY:
                 members = self._store.state(MEMBERS_KEY)
+                was_left = self._members.left_set()
                 self._members.refresh(members)
+                for p in was_left - self._members.left_set():
+                    # back after leaving: it missed what was not sent to it meanwhile
+                    self._core.count("peers_rejoined")
+                    self._propagation.mark_behind(p)
                 if (
                     self._started
                     and not self._leaving

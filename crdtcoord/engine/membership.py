@@ -2,9 +2,16 @@
 
 Peers are the configured seeds plus the members gossiped in the reserved key ``$members``: an
 :class:`~crdtcoord.ORMap` from node id to an :class:`~crdtcoord.LWWRegister` holding
-``{"inc": incarnation, "status": "up" | "left"}``, written by each node for itself (this module
-owns that schema). A node that leaves gracefully writes ``left`` and sends LEAVE to its peers;
-it stops counting toward consistency levels (``majority``, ``all``) until it speaks again.
+``{"inc": incarnation, "status": "up" | "left", "addr": address}``, written by each node for
+itself (this module owns that schema). ``$members`` is the **only** source of truth on who left:
+a node that leaves writes ``left`` for itself and ships that entry to every known member (in a
+LEAVE message, and in its delta stream, which retransmits until acknowledged); it stops counting
+toward consistency levels and stops being a delta target once a node has that entry. A node that
+(re)starts writes ``up`` and ships it to every known member, including those it believes left; a
+running node that finds ``$members`` misstating it announces itself again, stamped after what it
+found — last-writer-wins by hybrid clock settles everything, whatever the order, loss or
+duplication of the messages. Nodes that left are still known: a (re)starting node contacts them,
+so two nodes that both left and came back cannot wait on each other forever.
 
 Incarnations: a message from an incarnation lower than one seen from that sender is stale; one
 beyond this node's clock plus the allowed offset cannot be genuine (a node's first incarnation is
@@ -17,14 +24,12 @@ from __future__ import annotations
 from typing import Any
 
 from crdtcoord._wire import Value
-from crdtcoord.clocks.hlc import Timestamp
 from crdtcoord.engine.core import Core
 from crdtcoord.engine.messages import ProtocolError
 from crdtcoord.types import LWWRegister, Op, ORMap
 
 __all__ = ["MEMBERS_KEY", "Membership"]
 
-_ZERO = Timestamp(0, 0)
 _DISTINCT: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
@@ -57,13 +62,7 @@ class Membership:
         self._self_seeded = core.node_id in self._seeds
         self._seed_set: frozenset[str] | None = None  # built on first gossip
         self._gossiped: list[str] = []  # members learned by gossip that are not seeds
-        self._status: dict[str, str] = {}  # gossiped status of every member
-        #: $members entries saying "left", with their timestamps
-        self._gossip_left: dict[str, Timestamp] = {}
-        #: LEAVE received: (the envelope's clock, the leaving process's stream)
-        self._left: dict[str, tuple[Timestamp, int]] = {}
-        #: clock of the latest initiating message (DELTA, AE_ROOT, READ) of each peer
-        self._active: dict[str, Timestamp] = {}
+        self._left: frozenset[str] = frozenset()  # members whose entry says "left"
         self._incarnations: dict[str, int] = {}
         self._peers: list[str] | None = None
 
@@ -72,26 +71,33 @@ class Membership:
     def peers(self) -> list[str]:
         """Known live peers (seeds and gossiped members), without this node; do not mutate."""
         if self._peers is None:
-            me = self._core.node_id
-            out = [p for p in self._seeds if p != me and not self._gone(p)]
-            out.extend(p for p in self._gossiped if not self._gone(p))
+            me, left = self._core.node_id, self._left
+            out = [p for p in self._seeds if p != me and p not in left]
+            out.extend(p for p in self._gossiped if p not in left)
             self._peers = out
         return self._peers
 
-    def _gone(self, peer: str) -> bool:
-        if peer in self._left:
-            return True
-        t = self._gossip_left.get(peer)
-        return t is not None and t > self._active.get(peer, _ZERO)
+    def known(self) -> list[str]:
+        """Every member this node knows of, left or not (who a (re)start must contact)."""
+        me = self._core.node_id
+        out = [p for p in self._seeds if p != me]
+        out.extend(self._gossiped)
+        out.extend(sorted(p for p in self._left if p not in out and p != me))
+        return out
 
     def member_count(self) -> int:
         """Cluster size used by consistency levels: live peers plus this node."""
         return len(self.peers()) + 1
 
     def random_peer(self) -> str | None:
-        """A uniformly random live peer (no list is built while nobody left)."""
-        if self._peers is not None or self._left or self._gossip_left:
+        """A uniformly random live peer (no list is built while nobody left); if every member
+        left, a random one of them."""
+        if self._left:
             peers = self.peers()
+            if not peers:
+                # everyone else left: keep probing them now and then, so that two nodes that
+                # both left and came back find each other even if their announcements were lost
+                peers = self.known()
             return peers[self._core.rng.randrange(len(peers))] if peers else None
         total = len(self._seeds) + len(self._gossiped)
         if total - self._self_seeded <= 0:
@@ -104,7 +110,11 @@ class Membership:
                 return p
 
     def is_left(self, peer: str) -> bool:
-        return self._gone(peer)
+        return peer in self._left
+
+    def left_set(self) -> frozenset[str]:
+        """Members whose ``$members`` entry says they left."""
+        return self._left
 
     # ------------------------------------------------------------------ $members
 
@@ -136,23 +146,17 @@ class Membership:
         if self._seed_set is None:
             self._seed_set = frozenset(self._seeds)
         gossiped = []
-        status: dict[str, str] = {}
+        left = set()
         for node, info in members.value().items():
             if not isinstance(node, str) or node == self._core.node_id:
                 continue
             st = info.get("status") if isinstance(info, dict) else None
-            if isinstance(st, str):
-                status[node] = st
-            if st == "up" and node not in self._seed_set:
+            if st == "left":
+                left.add(node)
+            elif st == "up" and node not in self._seed_set:
                 gossiped.append(node)
         self._gossiped = sorted(gossiped)
-        self._status = status
-        self._gossip_left = {}
-        for node, st in status.items():
-            if st == "left":
-                reg = members.get(node)
-                ts = getattr(reg, "timestamp", None)
-                self._gossip_left[node] = ts if isinstance(ts, Timestamp) else _ZERO
+        self._left = frozenset(left)
         self._peers = None
 
     @staticmethod
@@ -196,34 +200,6 @@ class Membership:
     def record(self, sender: str, incarnation: int) -> None:
         """Record an accepted message's incarnation."""
         self._incarnations[sender] = incarnation
-
-    def active(self, sender: str, hlc: Timestamp, stream: int | None) -> bool:
-        """``sender`` started something (a DELTA of delta stream ``stream``, an AE_ROOT, a
-        READ) at ``hlc``. Returns True if that brings back a peer that had left: a message
-        after its LEAVE, or from another process than the one that left."""
-        if hlc > self._active.get(sender, _ZERO):
-            self._active[sender] = hlc
-        back = False
-        left = self._left.get(sender)
-        if left is not None and (hlc > left[0] or (stream is not None and stream != left[1])):
-            del self._left[sender]
-            back = True
-        t = self._gossip_left.get(sender)
-        if t is not None and t < hlc and sender not in self._left:
-            back = True
-        if back:
-            self._peers = None
-        return back
-
-    def left(self, sender: str, hlc: Timestamp, stream: int) -> bool:
-        """``sender`` said LEAVE at ``hlc`` (its process's stream: ``stream``). A LEAVE older
-        than something the sender started since is stale and ignored. Returns whether it
-        counts."""
-        if hlc <= self._active.get(sender, _ZERO):
-            return False
-        self._left[sender] = (hlc, stream)
-        self._peers = None
-        return True
 
     def incarnation_of(self, peer: str) -> int | None:
         return self._incarnations.get(peer)

@@ -388,20 +388,21 @@ class Chunk(Message):
 
 @dataclass(frozen=True, slots=True)
 class Leave(Message):
-    """The sender is shutting down gracefully: stop counting it until it starts something
-    again. ``stream`` is the leaving process's delta stream (a DELTA of another stream is a new
-    process)."""
+    """The sender is shutting down gracefully. ``members`` is its own ``$members`` entry saying
+    ``left`` (a delta of the membership map): the receiver joins it like any replicated state,
+    so a LEAVE can be late, duplicated or reordered with the sender's restart announcement and
+    the hybrid-clock order still decides (``docs/protocol.md`` §4.5)."""
 
     KIND: ClassVar[Kind] = Kind.LEAVE
-    stream: int
+    members: CRDTBase
 
     def to_wire(self) -> list[Any]:
-        return [self.stream]
+        return [to_wire(self.members)]
 
     @classmethod
     def from_wire(cls, x: Any, r: Reader, limits: Limits) -> Leave:
-        (stream,) = r.arr(x, "LEAVE", 1)
-        return cls(r.integer(stream, "stream"))
+        (members,) = r.arr(x, "LEAVE", 1)
+        return cls(from_wire(members, limits=limits))
 
 
 BODIES: dict[Kind, type[Message]] = {

@@ -13,11 +13,14 @@ stays silent, up to ``4 * retransmit_after``. A message from a silent peer means
 partition) healed: every silent peer gets its backlog at once, and the backoff starts over.
 
 **Which path.** A resend, or a push after the peer fell silent, that would ship more than
-``probe_bytes`` goes to anti-entropy instead: a root probe costs one small message pair, and
-finds the peer already in sync when other nodes or anti-entropy got there first (then it counts
-as an acknowledgement of everything up to the probe); otherwise the digest descent ships only
-what still differs. A peer whose ``acked`` falls behind the buffer, or whose backlog would not fit
-one round's byte budget, is handed to anti-entropy the same way (*marked behind*).
+``probe_bytes`` goes to anti-entropy instead: a root probe costs one small message pair, and finds
+the peer already in sync when other nodes or anti-entropy got there first (then it counts as an
+acknowledgement of everything up to the probe); otherwise the digest descent ships only what still
+differs. A peer whose ``acked`` falls behind the buffer, or whose backlog would not fit one round's
+byte budget, is handed to anti-entropy the same way (*marked behind*). A peer that stayed silent
+through several resends is resent only the oldest unacknowledged entry each period (a crashed or
+partitioned node is not sent its growing backlog over and over); its ACK shows the link healed, and
+the rest follows at once.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class PeerStream:
 
 #: Timeouts in a row after which a peer counts as cut off (not just one lost message).
 _CUT_OFF = 2
+#: Resends in a row without an answer after which a resend carries only the oldest entry (a
+#: probe: a dead peer is not sent the whole backlog every period; its ACK brings the rest).
+_GIVE_UP = 5
 #: Pending deltas of one key are joined at flush, or once this many accumulated.
 _JOIN_EVERY = 64
 
@@ -121,8 +127,10 @@ class Propagation:
     # ------------------------------------------------------------------ inspection
 
     def backlog(self) -> int:
-        """Buffer entries not yet acknowledged by every peer."""
-        return len(self._log)
+        """Buffer entries not yet acknowledged by every peer, plus one for the batch not yet
+        flushed if it has a live peer to go to (a delta still waiting for ``delta_delay`` has
+        not left either)."""
+        return len(self._log) + (1 if self._pending and self._members.peers() else 0)
 
     def stream_to(self, peer: str) -> PeerStream | None:
         return self._peers.get(peer)
@@ -189,7 +197,8 @@ class Propagation:
                 self._send_range(p, st)
         self.gc()
 
-    def _send_range(self, p: str, st: PeerStream) -> None:
+    def _send_range(self, p: str, st: PeerStream, limit: int | None = None) -> None:
+        """Send ``p`` the entries after ``st.sent`` (at most ``limit`` of them)."""
         core = self._core
         first = self._log[0].seq
         if st.acked < first - 1:
@@ -200,8 +209,9 @@ class Propagation:
             # (the next resend carries everything from `acked`).
             return
         lo = max(st.sent, first - 1)
+        hi = self.seq if limit is None else min(self.seq, lo + limit)
         joined: dict[str, CRDTBase] = {}
-        for e in islice(self._log, lo - first + 1, None):
+        for e in islice(self._log, lo - first + 1, hi - first + 1):
             for key, (delta, origins) in e.deltas.items():
                 if origins == {p}:
                     continue  # never back to where it came from
@@ -211,11 +221,11 @@ class Propagation:
             # Nothing in (sent, seq] is for this peer. It counts as acknowledged only if
             # everything before it was: an unacknowledged range must never be skipped.
             if st.acked >= st.sent:
-                st.acked = self.seq
-            st.sent = self.seq
+                st.acked = hi
+            st.sent = hi
             return
         entries = tuple(Entry(k, d, self._store.version(k)) for k, d in joined.items())
-        msg = Delta(self.stream, lo, self.seq, entries)
+        msg = Delta(self.stream, lo, hi, entries)
         _, data = core.encode(msg)
         if len(data) > core.config.max_round_bytes:
             self.mark_behind(p, st)  # too much backlog for one message: a budgeted repair
@@ -224,8 +234,8 @@ class Propagation:
         if st.acked >= st.sent:
             st.retry_at = core.now + self._rto(st)
         if st.timing is None and not st.silent:
-            st.timing = (self.seq, core.now)
-        st.sent = self.seq
+            st.timing = (hi, core.now)
+        st.sent = hi
         core.count("delta_messages")
 
     def gc(self) -> None:
@@ -304,6 +314,8 @@ class Propagation:
             st.acked = min(ack.hi, self.seq)
             st.silent = 0
             st.retry_at = None if st.acked >= st.sent else now + self._rto(st)
+            if st.acked >= st.sent and st.sent < self.seq and self._log:
+                self._send_range(peer, st)  # it got a probe: the rest follows
         self._acked(peer, st.acked, st.floor)
         self.gc()
 
@@ -350,7 +362,9 @@ class Propagation:
         silent = st.silent + 1
         st.sent = st.acked
         st.silent = 0  # (so that the range goes out now)
-        self._send_range(p, st)
+        # a peer silent for long gets only the oldest entry: its ACK proves the link healed
+        # (then everything goes), and a dead peer is not sent its whole backlog every period
+        self._send_range(p, st, 1 if silent >= _GIVE_UP else None)
         st.silent = silent
         st.timing = None  # Karn: a resent range is not timed
         st.retry_at = core.now + self._backoff(st)

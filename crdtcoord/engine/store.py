@@ -20,7 +20,7 @@ from crdtcoord.clocks.vv import Causality, VersionVector
 from crdtcoord.codec import digest as state_digest
 from crdtcoord.codec import encode
 from crdtcoord.engine.core import Core
-from crdtcoord.engine.effects import Escalation, Persist
+from crdtcoord.engine.effects import Escalation, Persist, TypeConflict
 from crdtcoord.engine.messages import MAX_KEY_BYTES, Entry
 from crdtcoord.engine.tree import DigestIndex
 from crdtcoord.types import CRDTBase, Op, UpdateContext
@@ -224,9 +224,16 @@ class Store:
                 self._states[key] = incoming.copy()
                 grew = True
             elif rank(local) != rank(incoming):
-                if rank(incoming) > rank(local):  # concurrent creation: larger rank wins
+                # Concurrent creation with two types: the larger rank wins everywhere; the other
+                # state is dropped, and the application is told.
+                if rank(incoming) > rank(local):
                     self._states[key] = incoming.copy()
                     grew = replaced = True
+                    dropped, kept = local, incoming
+                else:
+                    dropped, kept = incoming, local
+                core.emit(TypeConflict(key, type(kept).__name__, dropped.copy(), origin))
+                core.count("type_conflicts")
             else:
                 before = local.copy() if vv is not None and key in self._vv else None
                 grew = local.merge(incoming)

@@ -81,18 +81,25 @@ class Host:
         on_event: EventSink | None = None,
         *,
         wall_ms: int,
+        clock_ms: Callable[[], int] | None,
         meta: MetaFn | None = None,
         defer: bool = False,
         **engine_args: Any,
     ) -> Host:
         """Build the engine from ``storage`` (or, with no stored state, under a new incarnation
-        ``wall_ms``); ``engine_args`` go to :class:`Engine` (seeds, config, clocks...)."""
+        ``wall_ms``); ``engine_args`` go to :class:`Engine` (seeds, config, ...).
+
+        ``wall_ms`` (the wall clock now, in ms) and ``clock_ms`` (the engine's physical clock in
+        ms) must be on the same scale: pass the wall clock for both (a real node), or ``None``
+        for ``clock_ms`` when ``wall_ms`` counts from the same origin as the engine's ``now``
+        (a simulator: the clock is then ``now`` in ms). Peers refuse an incarnation beyond their
+        own clock, so a mismatch makes every message ``future_incarnation``."""
         snap = storage.open(node_id)
         if snap is None:
             if type(wall_ms) is not int or wall_ms < 0:
                 raise StorageError("a new node needs the wall clock (ms) as its incarnation")
             storage.create(node_id, wall_ms)
-            engine = Engine(node_id, incarnation=wall_ms, **engine_args)
+            engine = Engine(node_id, incarnation=wall_ms, clock_ms=clock_ms, **engine_args)
         else:
             engine = Engine(
                 node_id,
@@ -100,6 +107,7 @@ class Host:
                 store=snap.states,
                 versions=snap.versions,
                 op_ids=snap.op_ids,
+                clock_ms=clock_ms,
                 **engine_args,
             )
         host = cls(engine, storage, send, on_event, meta=meta, defer=defer)
@@ -125,12 +133,13 @@ class Host:
         self.run()
 
     def close(self) -> bool:
-        """Record a clean shutdown if nothing is left to send (every delta acknowledged), so the
-        next start need not probe its peers; returns whether it was clean."""
+        """Record a clean shutdown if nothing is left to send (every delta acknowledged, no
+        request waiting, no repair owed to a peer), so the next start need not probe its peers;
+        returns whether it was clean."""
         engine = self._ok()
         self.run()
         self.flush()
-        clean = engine.backlog() == 0 and engine.pending_requests() == 0
+        clean = engine.backlog() == 0 and engine.pending_requests() == 0 and not engine.repairs()
         if clean:
             self.storage.write([], {CLEAN: 1})
         self.storage.close()

@@ -2,7 +2,7 @@
 typed handles on its keys, the change feed, and the transport protocol with an in-process
 transport. The networked transport is ``crdtcoord_http.HttpTransport``."""
 
-from crdtcoord.runtime.feed import Change, ChangeFeed, Compacted
+from crdtcoord.runtime.feed import Change, ChangeFeed, Compacted, Subscription
 from crdtcoord.runtime.handles import (
     BoundedCounterHandle,
     CounterHandle,
@@ -32,6 +32,7 @@ __all__ = [
     "PNCounterHandle",
     "RegisterHandle",
     "SetHandle",
+    "Subscription",
     "Transport",
     "wall_ms",
 ]

@@ -26,7 +26,7 @@ from typing import Any
 from crdtcoord._exceptions import CrdtcoordError, InvalidArgument
 from crdtcoord.engine import Changed, Event
 
-__all__ = ["Change", "ChangeFeed", "Compacted"]
+__all__ = ["Change", "ChangeFeed", "Compacted", "Subscription"]
 
 #: Cursors allocated per persisted block.
 _BLOCK = 100_000
@@ -135,28 +135,88 @@ class ChangeFeed:
         snap = {k: self._value(k) for k in self._keys(prefix)}
         return Compacted(reason, self.cursor, snap)
 
-    async def subscribe(self, prefix: str = "", since: str | None = None) -> AsyncIterator[Change]:
+    def subscribe(self, prefix: str = "", since: str | None = None) -> Subscription:
         """Changes of keys starting with ``prefix``: those after ``since`` first (if the node
-        still keeps them; else :class:`Compacted`), then live ones, forever."""
+        still keeps them; else :class:`Compacted` on the first ``anext``), then live ones,
+        forever. The subscription is registered **now**, not when iteration starts: a change
+        made right after this call is never missed."""
+        return Subscription(self, prefix, since)
+
+    def _register(self, prefix: str, since: str | None) -> tuple[_Subscriber, list[Any], Any]:
+        """Register a subscriber; its replay (the kept changes after ``since``) and the
+        :class:`Compacted` to raise instead, if the node cannot continue from ``since``."""
+        seq = self._seq(since) if since is not None else None  # (a bad cursor raises now)
         sub = _Subscriber(prefix, self._queue)
-        self._subs.append(sub)  # registered before the replay: nothing falls in between
-        try:
-            if since is not None:
-                seq = self._seq(since)
-                oldest = self._log[0][0] if self._log else self._next + 1
-                if seq is None:
-                    raise self._compacted("the cursor is from another incarnation", prefix)
-                if seq < min(oldest - 1, self._next) or seq < self._first:
-                    raise self._compacted("the node no longer keeps changes that old", prefix)
-                # (the snapshot of the log is taken in the same step as the registration, so
-                # the live queue holds exactly the changes after it)
-                for s, key, origin in list(self._log):
-                    if s > seq and key.startswith(prefix):
-                        yield Change(key, self._value(key), origin, f"{self._inc}-{s}")
-            while True:
-                if sub.lagged:
-                    raise self._compacted("the subscriber fell behind", prefix)
-                s, key, origin = await sub.queue.get()
-                yield Change(key, self._value(key), origin, f"{self._inc}-{s}")
-        finally:
+        self._subs.append(sub)  # registered in the same step as the replay snapshot
+        replay: list[Any] = []
+        error = None
+        if since is not None:
+            oldest = self._log[0][0] if self._log else self._next + 1
+            if seq is None:
+                error = self._compacted("the cursor is from another incarnation", prefix)
+            elif seq < min(oldest - 1, self._next) or seq < self._first:
+                error = self._compacted("the node no longer keeps changes that old", prefix)
+            else:
+                replay = [e for e in self._log if e[0] > seq and e[1].startswith(prefix)]
+        return sub, replay, error
+
+    def _unregister(self, sub: _Subscriber) -> None:
+        if sub in self._subs:
             self._subs.remove(sub)
+
+    def _change(self, entry: tuple[int, str, str | None]) -> Change:
+        s, key, origin = entry
+        return Change(key, self._value(key), origin, f"{self._inc}-{s}")
+
+
+class Subscription(AsyncIterator[Change]):
+    """An async iterator of :class:`Change`; registered from creation until :meth:`close`
+    (or ``async with``/``with`` exit, the iterator's end, or garbage collection)."""
+
+    def __init__(self, feed: ChangeFeed, prefix: str, since: str | None) -> None:
+        self._feed = feed
+        self._sub, replay, self._error = feed._register(prefix, since)
+        self._replay = deque(replay)
+        self._closed = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Change:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._error is not None:
+            err, self._error = self._error, None
+            self.close()
+            raise err
+        if self._replay:
+            return self._feed._change(self._replay.popleft())
+        if self._sub.lagged:
+            self.close()
+            raise self._feed._compacted("the subscriber fell behind", self._sub.prefix)
+        return self._feed._change(await self._sub.queue.get())
+
+    def close(self) -> None:
+        """Stop receiving changes (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._feed._unregister(self._sub)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()

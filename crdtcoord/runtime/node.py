@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from crdtcoord._exceptions import InvalidArgument
@@ -45,7 +45,7 @@ from crdtcoord.engine import (
     WriteDone,
 )
 from crdtcoord.host import Host, MemoryStorage, Storage
-from crdtcoord.runtime.feed import META_KEY, Change, ChangeFeed
+from crdtcoord.runtime.feed import META_KEY, ChangeFeed, Subscription
 from crdtcoord.runtime.handles import (
     BoundedCounterHandle,
     CounterHandle,
@@ -259,7 +259,7 @@ class Node:
             elif self._feed is not None:
                 self._feed.changed(e)
         elif isinstance(e, WriteDone | ReadDone | OpFailed):
-            fut = self._waiting.pop(e.op_id, None)
+            fut = self._waiting.pop(e.handle, None)
             if fut is not None and not fut.done():
                 if isinstance(e, OpFailed):
                     fut.set_exception(e.error)
@@ -385,10 +385,11 @@ class Node:
 
     # ------------------------------------------------------------------ change feed
 
-    def subscribe(self, prefix: str = "", since: str | None = None) -> AsyncIterator[Change]:
+    def subscribe(self, prefix: str = "", since: str | None = None) -> Subscription:
         """Changes of keys under ``prefix`` in commit order (see :mod:`crdtcoord.runtime.feed`);
         ``since``: resume after that cursor (:class:`~crdtcoord.runtime.Compacted` if the node
-        no longer can, with a snapshot)."""
+        no longer can, with a snapshot). Registered at once: a change made right after this
+        call is delivered; close it (or use ``async with``) when done."""
         if self._feed is None:
             raise InvalidArgument("the node is not started")
         return self._feed.subscribe(prefix, since)

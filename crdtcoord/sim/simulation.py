@@ -154,6 +154,7 @@ class Simulation:
             send,
             sink,
             wall_ms=self._wall_ms(h),
+            clock_ms=None,  # the engine's clock is its (skewed) virtual time
             seeds=self.names,
             config=self._configs.get(name, self.config),
             rng=rng,

@@ -26,7 +26,15 @@ from crdtcoord.testing.laws import (
 )
 from crdtcoord.testing.machines import convergence_machine, replication_machine
 from crdtcoord.testing.ops import Env, Op, Step, apply_op, run_history
-from crdtcoord.testing.strategies import elements, histories, ops, related_states, states, values
+from crdtcoord.testing.strategies import (
+    elements,
+    histories,
+    ops,
+    register_op_strategy,
+    related_states,
+    states,
+    values,
+)
 
 __all__ = [
     "Env",
@@ -49,6 +57,7 @@ __all__ = [
     "joined",
     "leq",
     "ops",
+    "register_op_strategy",
     "related_states",
     "replication_machine",
     "run_history",

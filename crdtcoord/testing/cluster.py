@@ -105,7 +105,7 @@ class ManualCluster:
             self.events[n].append((inc, e))
             if isinstance(e, WriteDone):
                 who = {p: self.incarnation(p) for p in e.acked_by if p in self.hosts}
-                self.acks.append((n, inc, e.op_id, who))
+                self.acks.append((n, inc, e.handle, who))
 
         host = Host.open(
             n,
@@ -113,6 +113,7 @@ class ManualCluster:
             send,
             event,
             wall_ms=self._wall_ms(n),
+            clock_ms=None,  # the engine's clock is the cluster's virtual time
             seeds=tuple(self.seeds.get(n, self.names)),
             config=self.config,
             process_id=self.boots,

@@ -217,14 +217,25 @@ def _register(cls: type[CRDTBase], tag: int, version: int) -> None:
         raise InvalidArgument(f"wire tags are 1..255, got {tag!r}")
     if type(version) is not int or not 1 <= version <= 255:
         raise InvalidArgument(f"wire versions are 1..255, got {version!r}")
-    if tag in _REGISTRY and _REGISTRY[tag] is not cls:
-        raise InvalidArgument(f"wire tag {tag} already used by {_REGISTRY[tag].__name__}")
+    old = _REGISTRY.get(tag)
+    if old is not None and old is not cls:
+        same = (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if not same or old.__module__ != "__main__":
+            raise InvalidArgument(f"wire tag {tag} already used by {old.__qualname__}")
+        # the same class defined again in __main__ (a re-run notebook cell): it replaces itself
     if not (isinstance(cls, type) and issubclass(cls, CRDTBase)):
         raise InvalidArgument(f"only CRDTBase subclasses can be registered, got {cls!r}")
     ops = cls.__dict__.get("OPS", ())
     for code, op in enumerate(ops, 1):
         if not (isinstance(op, type) and issubclass(op, Op) and "__dataclass_fields__" in vars(op)):
             raise InvalidArgument(f"{cls.__name__}.OPS must list Op dataclasses, got {op!r}")
+        n = len(dataclasses.fields(op))  # type: ignore[arg-type]
+        bad = [k for k in op.FIELDS if k not in FIELD_KINDS]
+        if bad or len(op.FIELDS) > n:
+            raise InvalidArgument(
+                f"{op.__qualname__}.FIELDS must name the kind of each of its {n} fields, from "
+                f"{', '.join(FIELD_KINDS)} (got {op.FIELDS!r})"
+            )
         op.TYPE = cls
         op.CODE = code
     cls.TYPE_TAG = tag

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Self
 
 from crdtcoord._exceptions import CrdtError, InvalidArgument, LeaseHeld
 from crdtcoord._wire import INT_MAX, Reader, check_amount, check_replica
-from crdtcoord.clocks.hlc import Timestamp
+from crdtcoord.clocks.hlc import HLC, Timestamp
 from crdtcoord.types._base import CRDTBase, Op, UpdateContext, wire_type
 
 __all__ = ["Lease", "LeaseInfo", "NotLeaseHolder"]
@@ -63,9 +63,14 @@ def _check_ttl(ttl_ms: object) -> int:
     return check_amount(ttl_ms, "ttl_ms", allow_zero=False)
 
 
-def _check_now(now: object) -> Timestamp:
+def _check_now(now: object, rec: LeaseInfo | None = None) -> Timestamp:
+    """``now``: an HLC timestamp, or the replica's HLC (then: stamped after the grant seen)."""
+    if isinstance(now, HLC):
+        return now.update(rec.granted_at) if rec is not None else now.now()
     if type(now) is not Timestamp:
-        raise InvalidArgument(f"now must be an HLC Timestamp, got {type(now).__name__}")
+        raise InvalidArgument(
+            f"now must be an HLC Timestamp or the replica's HLC, got {type(now).__name__}"
+        )
     return now
 
 
@@ -204,7 +209,7 @@ class Lease(CRDTBase):
             raise InvalidArgument("fencing token would exceed 2**63-1")
         return token
 
-    def acquire(self, replica: str, holder: str, now: Timestamp, ttl_ms: int) -> Lease:
+    def acquire(self, replica: str, holder: str, now: Timestamp | HLC, ttl_ms: int) -> Lease:
         """Grant the lease to ``holder`` until ``now + ttl_ms``.
 
         Free or expired: a new grant with ``token + 1``. Already held by ``holder``: a renewal.
@@ -213,7 +218,7 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
-        now = _check_now(now)
+        now = _check_now(now, self._rec)
         rec = self._rec
         if rec is not None and rec.held_at(now):
             if rec.holder != holder:
@@ -224,7 +229,7 @@ class Lease(CRDTBase):
             LeaseInfo(holder, self._next_token(), self.epoch + 1, now, now.plus(ttl), replica)
         )
 
-    def renew(self, replica: str, holder: str, now: Timestamp, ttl_ms: int) -> Lease:
+    def renew(self, replica: str, holder: str, now: Timestamp | HLC, ttl_ms: int) -> Lease:
         """Extend ``holder``'s unexpired grant to ``now + ttl_ms`` (same token and epoch).
 
         An expired grant cannot be renewed: another replica may already have granted the lease
@@ -233,7 +238,7 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
-        now = _check_now(now)
+        now = _check_now(now, self._rec)
         rec = self._rec
         if rec is None or rec.holder != holder:
             raise NotLeaseHolder(f"{holder!r} does not hold this lease")
@@ -244,18 +249,24 @@ class Lease(CRDTBase):
             return self._write(rec)  # nothing to extend: the delta is the current record
         return self._write(rec._replace(expiry=expiry, granted_by=replica))
 
-    def release(self, replica: str, holder: str, now: Timestamp) -> Lease:
+    def release(self, replica: str, holder: str, now: Timestamp | HLC) -> Lease:
         """Give the lease up (same token, next epoch: beats any concurrent renewal)."""
         check_replica(replica)
         holder = _check_holder(holder)
-        now = _check_now(now)
+        now = _check_now(now, self._rec)
         rec = self._rec
         if rec is None or rec.holder != holder:
             raise NotLeaseHolder(f"{holder!r} does not hold this lease")
         return self._write(LeaseInfo(None, rec.token, rec.epoch + 1, now, now, replica))
 
     def force(
-        self, replica: str, holder: str | None, now: Timestamp, ttl_ms: int, *, min_token: int = 0
+        self,
+        replica: str,
+        holder: str | None,
+        now: Timestamp | HLC,
+        ttl_ms: int,
+        *,
+        min_token: int = 0,
     ) -> Lease:
         """Write a decision (e.g. from consensus) that dominates every claim seen so far.
 
@@ -267,7 +278,7 @@ class Lease(CRDTBase):
         if holder is not None:
             holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
-        now = _check_now(now)
+        now = _check_now(now, self._rec)
         check_amount(min_token, "min_token")
         expiry = now.plus(ttl) if holder is not None else now
         return self._write(

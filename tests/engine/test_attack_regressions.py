@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from crdtcoord import GCounter, ORSet, Timestamp
+from crdtcoord._wire import DEFAULT_LIMITS
 from crdtcoord.engine import (
     ALL,
     MAJORITY,
@@ -100,7 +101,7 @@ def test_a_node_that_left_counts_again_once_it_writes() -> None:
     assert c.engines["a"].member_count() == 3  # its DELTA came after its LEAVE
     op = c.update("a", "w", GCounter, inc(), consistency=ALL)
     c.flush_network()
-    done = [e for _, e in c.events["a"] if isinstance(e, WriteDone) and e.op_id == op]
+    done = [e for _, e in c.events["a"] if isinstance(e, WriteDone) and e.handle == op]
     assert done and done[0].acked_by == ("a", "b", "c")
 
 
@@ -119,28 +120,58 @@ def test_a_node_that_left_and_lost_its_disk_is_back_for_good() -> None:
 
 
 def test_a_late_leave_does_not_remove_a_live_node_and_an_older_message_does_not_revive() -> None:
-    c = ManualCluster(["a", "b", "c"], QUIET)
+    """LEAVE carries the leaver's own $members entry: the hybrid-clock order of "left" and
+    "up" decides, whatever order the messages arrive in."""
+    GOSSIP = EngineConfig(ae_enabled=False)
+    c = ManualCluster(["a", "b", "c"], GOSSIP)
+    c.flush_network()
     c.hosts["c"].leave(c.now)
     old_leave = next(m for m in c.queue if m.kind == "LEAVE" and m.dst == "a")
     c.flush_network()
+    assert c.engines["a"].member_count() == 2
     c.crash("c")
     c.tick(1.0)
     c.restart("c")
-    c.update("c", "k", GCounter, inc())
     c.tick(0.01)
     c.flush_network()
+    assert c.engines["a"].member_count() == 3
     c.inject("a", old_leave.data)  # a late duplicate of the old LEAVE
     assert c.engines["a"].member_count() == 3
+    assert c.engines["a"].members()["c"]["status"] == "up"
 
-    d = ManualCluster(["a", "b", "c"], QUIET)
+    d = ManualCluster(["a", "b", "c"], GOSSIP)
+    d.flush_network()
     d.update("c", "k", GCounter, inc())
     d.tick(0.01)  # c's DELTA is on the wire...
     d.hosts["c"].leave(d.now)  # ...then its LEAVE
     d.crash("c")
-    to_a = {m.kind: m for m in d.queue if m.dst == "a"}
-    d.inject("a", to_a["LEAVE"].data)
-    d.inject("a", to_a["DELTA"].data)  # reordered: the older DELTA arrives last
+    to_a = [m for m in d.queue if m.dst == "a"]
+    leave = next(m for m in to_a if m.kind == "LEAVE")
+    first_delta = next(m for m in to_a if m.kind == "DELTA")
+    d.inject("a", leave.data)
+    d.inject("a", first_delta.data)  # reordered: the older DELTA arrives last
     assert d.engines["a"].member_count() == 2 and d.engines["a"].value("k") == 1
+
+
+def test_a_leave_speaks_only_for_its_sender() -> None:
+    """A LEAVE whose membership delta names another node is not joined (counted instead)."""
+    c = ManualCluster(["a", "b", "c"], EngineConfig(ae_enabled=False))
+    c.flush_network()
+    c.hosts["c"].leave(c.now)
+    from_c = next(m for m in c.queue if m.kind == "LEAVE" and m.dst == "b")
+    c.queue.clear()
+    forged = encode_message(
+        "default",
+        "a",
+        c.incarnation("a"),
+        99,
+        0,
+        Timestamp(int(c.now * 1000) + 1, 0),
+        decode_message(from_c.data, cluster="default", limits=DEFAULT_LIMITS).body,
+    )
+    c.inject("b", forged)
+    assert c.engines["b"].member_count() == 3
+    assert c.engines["b"].metrics["entries_ignored"] >= 1
 
 
 @pytest.mark.parametrize("ae", [False, True])
@@ -178,7 +209,7 @@ def test_a_retry_at_a_level_always_reports() -> None:
     e.start(0.0)
     e.update("k", GCounter, inc(), 0.0, op_id="r1")
     h = e.update("k", GCounter, inc(), 0.0, op_id="r1", consistency=MAJORITY)
-    assert [x for x in e.poll() if isinstance(x, WriteDone) and x.op_id == h]
+    assert [x for x in e.poll() if isinstance(x, WriteDone) and x.handle == h]
     assert e.value("k") == 1
 
 

@@ -266,13 +266,13 @@ def test_write_consistency_levels() -> None:
     op = c.update("a", "k", GCounter, inc(), consistency=MAJORITY, timeout=1.0)
     c.flush_network()
     done = [e for _, e in c.events["a"] if isinstance(e, WriteDone)]
-    assert done and done[0].op_id == op and len(done[0].acked_by) >= 2
+    assert done and done[0].handle == op and len(done[0].acked_by) >= 2
     c.partition(["a"], ["b", "c"])
     op2 = c.update("a", "k", GCounter, inc(), consistency=ALL, timeout=1.0)
     c.flush_network()
     c.tick(1.5)
     (failed,) = [e for _, e in c.events["a"] if isinstance(e, OpFailed)]
-    assert failed.op_id == op2
+    assert failed.handle == op2
     assert failed.error.required == 3 and failed.error.reached == 1
     assert "reached 1 of 3" in str(failed.error)
     assert c.engines["a"].value("k") == 2  # indefinite: applied locally, still propagates
@@ -289,10 +289,10 @@ def test_read_consistency_merges_the_replies() -> None:
     op = c.read("a", "k", consistency=ALL)
     c.flush_network()
     (done,) = [e for _, e in c.events["a"] if isinstance(e, ReadDone)]
-    assert done.op_id == op and done.state is not None and done.state.value() == 5
+    assert done.handle == op and done.state is not None and done.state.value() == 5
     assert c.engines["a"].value("k") == 5  # read repair
     local = c.read("a", "k")
-    assert any(isinstance(e, ReadDone) and e.op_id == local for _, e in c.events["a"])
+    assert any(isinstance(e, ReadDone) and e.handle == local for _, e in c.events["a"])
 
 
 def test_at_least_counts_this_node() -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtcoord import GCounter, Limits, ORSet, Timestamp, VersionVector
+from crdtcoord import GCounter, Limits, ORMap, ORSet, Timestamp, VersionVector
 from crdtcoord.codec import to_wire
 from crdtcoord.engine import ALL, Engine, EngineConfig, Kind, ProtocolError, Send
 from crdtcoord.engine.messages import (
@@ -64,7 +64,7 @@ BODIES: dict[Kind, Message] = {
     Kind.READ: Read(4, "k"),
     Kind.READ_REPLY: ReadReply(4, "k", _counter(5), None),
     Kind.CHUNK: Chunk(11, 0, 2, b"abc"),
-    Kind.LEAVE: Leave(7),
+    Kind.LEAVE: Leave(ORMap()),
 }
 
 

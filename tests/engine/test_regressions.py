@@ -211,7 +211,7 @@ def test_every_write_with_a_level_reports(level: Any) -> None:
     e = Engine("a", seeds=("a",), config=QUIET)
     e.start(0.0)
     op = e.update("k", GCounter, inc(), 0.0, consistency=level)
-    assert [x for x in e.poll() if isinstance(x, WriteDone) and x.op_id == op]
+    assert [x for x in e.poll() if isinstance(x, WriteDone) and x.handle == op]
 
 
 def test_version_vectors_survive_a_restart() -> None:

@@ -52,10 +52,10 @@ def test_a_read_reply_meant_for_the_previous_process_does_not_count() -> None:
     new_reads = list(c.queue)
     c.queue.clear()
     c.inject("r", next(m for m in old_replies if m.src == "p").data)  # the late, old reply
-    assert not [e for _, e in c.events["r"] if isinstance(e, ReadDone) and e.op_id == op]
+    assert not [e for _, e in c.events["r"] if isinstance(e, ReadDone) and e.handle == op]
     c.queue.extend(new_reads)
     c.flush_network()
-    (done,) = [e for _, e in c.events["r"] if isinstance(e, ReadDone) and e.op_id == op]
+    (done,) = [e for _, e in c.events["r"] if isinstance(e, ReadDone) and e.handle == op]
     assert done.state is not None and done.state.value() == 1, done
 
 
@@ -80,7 +80,7 @@ def test_a_retry_at_a_consistency_level_waits_for_it_again() -> None:
     c.restart("a")
     op = c.update("a", "k", GCounter, inc(2), op_id="req-1", consistency=ALL)
     c.flush_network()
-    done = [e for _, e in c.events["a"] if isinstance(e, WriteDone) and e.op_id == op]
+    done = [e for _, e in c.events["a"] if isinstance(e, WriteDone) and e.handle == op]
     assert done and sorted(done[0].acked_by) == ["a", "b", "c"]
     assert {c.engines[n].value("k") for n in "abc"} == {2}  # applied once, everywhere
 

@@ -30,7 +30,17 @@ def _host(timeline: list[str], *, defer: bool, seeds: tuple[str, ...] = ("a", "b
     def event(e: Event) -> None:
         timeline.append(f"event {type(e).__name__}")
 
-    h = Host.open("a", Log(timeline), send, event, wall_ms=1, seeds=seeds, config=CFG, defer=defer)
+    h = Host.open(
+        "a",
+        Log(timeline),
+        send,
+        event,
+        wall_ms=1,
+        clock_ms=None,
+        seeds=seeds,
+        config=CFG,
+        defer=defer,
+    )
     h.engine.report_all_changes()
     h.start(0.0)
     return h

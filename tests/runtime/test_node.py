@@ -274,3 +274,20 @@ async def test_bounded_counter_spends_only_local_rights() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_subscription_sees_a_change_made_right_after_it_is_created() -> None:
+    """Registration happens at subscribe(), not at the first anext: nothing falls in between."""
+    node = Node("a", config=FAST)
+    await node.start()
+    try:
+        sub = node.subscribe("k")
+        await node.register("k").set(1)  # before anyone iterates
+        first = await asyncio.wait_for(anext(sub), 5)
+        assert (first.key, first.value) == ("k", 1)
+        sub.close()
+        with pytest.raises(StopAsyncIteration):
+            await anext(sub)
+        assert node.status()["feed"]["subscribers"] == 0
+    finally:
+        await node.close()

@@ -29,7 +29,9 @@ QUIET = EngineConfig(ae_enabled=False, gossip_membership=False)
 
 
 def _open(path: Path, **kw: Any) -> Host:
-    return Host.open("a", SqliteStorage(path, **kw), lambda *m: None, wall_ms=1_000, config=QUIET)
+    return Host.open(
+        "a", SqliteStorage(path, **kw), lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET
+    )
 
 
 def test_a_restart_reads_back_every_key_version_and_op_id(tmp_path: Path) -> None:
@@ -58,7 +60,7 @@ def test_a_restart_reads_back_every_key_version_and_op_id(tmp_path: Path) -> Non
 
 def test_compaction_folds_deltas_and_keeps_the_state(tmp_path: Path) -> None:
     st_ = SqliteStorage(tmp_path / "a.db", compact_min_bytes=512)
-    h = Host.open("a", st_, lambda *m: None, wall_ms=5, config=QUIET)
+    h = Host.open("a", st_, lambda *m: None, wall_ms=5, clock_ms=None, config=QUIET)
     h.start(0.0)
     for i in range(2_000):
         h.update("set", ORSet, ORSet.Add(f"e{i % 300}"), 0.0)
@@ -206,7 +208,9 @@ CHILD = textwrap.dedent(
     from crdtcoord.storage import SqliteStorage
 
     cfg = EngineConfig(ae_enabled=False, gossip_membership=False)
-    h = Host.open("a", SqliteStorage(sys.argv[1]), lambda *m: None, wall_ms=1, config=cfg)
+    h = Host.open(
+        "a", SqliteStorage(sys.argv[1]), lambda *m: None, wall_ms=1, clock_ms=None, config=cfg
+    )
     h.start(0.0)
     i = 0
     while True:
