@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## make demo: three real engines update concurrently over a lossy network, partition, crash, converge
+## make demo: three `crdtcoord serve` processes converge over HTTP; one is killed -9 and restarted
 demo: $(STAMP)
-	$(PY) -m crdtcoord.demo
+	$(PY) -m crdtcoord demo
 
 ## make test: lint + mypy --strict + the whole pytest suite (what CI runs)
 test: lint typecheck pytest

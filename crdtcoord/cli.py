@@ -1,4 +1,5 @@
-"""The ``crdtcoord`` command: ``demo`` and ``inspect`` (``serve``, ``sim``, ``bench`` to come).
+"""The ``crdtcoord`` command: ``serve`` a node, talk to one (``get``, ``inc``, ``dec``, ``add``,
+``remove``, ``set``, ``status``, ``watch``), run the ``demo``, ``inspect`` an encoded state.
 
 The help texts below are plain text on purpose: argparse prints them as they are, so they carry
 no reST markup (this docstring is for the API docs, not for ``--help``).
@@ -19,10 +20,39 @@ _DESCRIPTION = "Distributed coordination state in CRDTs, replicated peer to peer
 _EPILOG = "Run 'crdtcoord COMMAND --help' for the options of a command."
 
 _DEMO_DESCRIPTION = """\
-Three replicas of the real replication engine, driven by the deterministic simulator, update
-concurrently over a bad network (messages lost, duplicated, reordered; clocks skewed) and
-converge. The demo prints each replica's values and store digest along the way: equal digests
-mean identical replicas. The same seed gives the same run.
+Three real nodes ('crdtcoord serve' processes on loopback, each with its own SQLite data dir)
+update counters and a set concurrently over HTTP; a live table shows their values converging.
+Then one node is killed with SIGKILL mid-load and restarted from its data dir, and the cluster
+converges again. Exits 0 with a summary of what was shown.
+
+--sim runs the simulated variant instead: three replicas of the same engine in the
+deterministic simulator, over a network that loses, duplicates and reorders messages.
+"""
+
+_SERVE_DESCRIPTION = """\
+Run one node: it serves the replication protocol and the client API over HTTP and replicates
+with its peers by deltas and anti-entropy.
+
+Without a cluster secret the node runs in protected mode: it listens on loopback only and
+accepts loopback peers and clients only. Give every node the same secret (--secret-file) to
+listen on other addresses; clients then need a token from --token-file.
+"""
+
+_SERVE_EPILOG = """\
+examples:
+  crdtcoord serve --id n1 --listen 127.0.0.1:7001 --data-dir data/n1
+  crdtcoord serve --id n2 --listen 127.0.0.1:7002 --peer http://127.0.0.1:7001 --data-dir data/n2
+  crdtcoord serve --id n1 --listen 0.0.0.0:7001 --advertise http://10.0.0.1:7001 \\
+      --secret-file /etc/crdtcoord/secret --token-file /etc/crdtcoord/tokens --data-dir /var/lib/n1
+
+SIGTERM or Ctrl-C: graceful shutdown (pending deltas acknowledged, LEAVE announced).
+See docs/operations.md.
+"""
+
+_CLIENT_EPILOG = """\
+The node is --node URL, else $CRDTCOORD_NODE, else http://127.0.0.1:7000. A token comes from
+--token-file (its first token) or $CRDTCOORD_TOKEN. Exit status: 0 done, 1 refused or
+unreachable (the reason on stderr), 2 bad usage.
 """
 
 _INSPECT_DESCRIPTION = """\
@@ -89,13 +119,106 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"crdtcoord {__version__}")
     sub = ap.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    sv = sub.add_parser(
+        "serve",
+        help="run a node",
+        description=_SERVE_DESCRIPTION,
+        epilog=_SERVE_EPILOG,
+        formatter_class=raw,
+    )
+    sv.add_argument("--id", required=True, help="this node's id (unique in the cluster)")
+    sv.add_argument(
+        "--listen", required=True, metavar="HOST:PORT", help="address to bind (port 0: any free)"
+    )
+    sv.add_argument(
+        "--peer",
+        action="append",
+        metavar="URL",
+        help="a peer's URL (http://HOST:PORT or ID=http://HOST:PORT); repeat for more",
+    )
+    sv.add_argument("--secret-file", metavar="F", help="the cluster secret (same on every node)")
+    sv.add_argument("--token-file", metavar="F", help="client bearer tokens, one per line")
+    sv.add_argument("--data-dir", metavar="D", help="where the node keeps its state (SQLite)")
+    sv.add_argument(
+        "--durability",
+        choices=("process", "power"),
+        default="process",
+        help="survive a process crash (default) or also a power loss (slower writes)",
+    )
+    sv.add_argument(
+        "--advertise", metavar="URL", help="the URL peers should use to reach this node"
+    )
+    sv.add_argument(
+        "--cluster", default="default", help="cluster id (nodes of other clusters are refused)"
+    )
+    sv.add_argument("--tls-cert", metavar="F", help="TLS certificate (PEM) of this node")
+    sv.add_argument("--tls-key", metavar="F", help="its private key (PEM)")
+    sv.add_argument(
+        "--tls-ca", metavar="F", help="CA bundle to verify peers; with --tls-cert: mutual TLS"
+    )
+    sv.add_argument(
+        "--failure-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds of silence after which a peer is shown as suspected (default 5)",
+    )
+    sv.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help, description=help, epilog=_CLIENT_EPILOG, formatter_class=raw
+        )
+        p.add_argument("--node", metavar="URL", help="the node to ask")
+        p.add_argument("--token-file", metavar="F", help="file holding a client token")
+        return p
+
+    def mutation(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--consistency",
+            default="local",
+            help="local (default), majority, all, or a number of replicas",
+        )
+        p.add_argument(
+            "--op-id",
+            metavar="ID",
+            help="make retries idempotent (default: a fresh id, reused by this command's retries)",
+        )
+        p.add_argument("--timeout", type=float, metavar="S", help="wait at most S seconds")
+
+    g = client("get", "print a key's value")
+    g.add_argument("key")
+    g.add_argument("--consistency", help="read from this many replicas first (e.g. majority)")
+    for name, what in (("inc", "increment"), ("dec", "decrement")):
+        p = client(name, f"{what} a counter (a PN-counter is created if the key is missing)")
+        p.add_argument("key")
+        p.add_argument("n", nargs="?", type=int, default=1, help="amount (default 1)")
+        mutation(p)
+    for name, what in (("add", "add an element to"), ("remove", "remove an element from")):
+        p = client(name, f"{what} a set (an OR-set is created if the key is missing)")
+        p.add_argument("key")
+        p.add_argument("element", help="the element (JSON if it parses, else a string)")
+        mutation(p)
+    p = client("set", "set a register (an LWW register is created if the key is missing)")
+    p.add_argument("key")
+    p.add_argument("value", help="the value (JSON if it parses, else a string)")
+    mutation(p)
+    st = client("status", "show a node's peers, lag, keys and repairs")
+    st.add_argument("--json", action="store_true", help="print the raw JSON")
+    w = client("watch", "follow the change feed of keys under a prefix")
+    w.add_argument("prefix", nargs="?", default="", help="key prefix (default: every key)")
+    w.add_argument("--since", metavar="CURSOR", help="resume after this cursor")
+    w.add_argument("--json", action="store_true", help="one JSON object per change")
+    w.add_argument("--once", action="store_true", help="do not reconnect when the node goes away")
     d = sub.add_parser(
         "demo",
-        help="three replicas converge through a lossy network",
+        help="three real nodes converge; one is killed and restarted",
         description=_DEMO_DESCRIPTION,
         formatter_class=raw,
     )
-    d.add_argument("--seed", type=int, default=7, help="seed of the network's misbehaviour")
+    d.add_argument("--sim", action="store_true", help="the simulated variant (no processes)")
+    d.add_argument("--seed", type=int, default=7, help="seed (updates; the simulated network)")
+    d.add_argument("--quick", action="store_true", help="a shorter run")
     i = sub.add_parser(
         "inspect",
         help="decode an encoded CRDT state and show it",
@@ -111,9 +234,17 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "demo":
-        from crdtcoord.demo import main as demo
+        if args.sim:
+            from crdtcoord.demo import main as demo
 
-        return demo(["--seed", str(args.seed)])
+            return demo(["--seed", str(args.seed)])
+        from crdtcoord_http.demo import main as live_demo
+
+        return live_demo(seed=args.seed, quick=args.quick)
+    if args.command != "inspect":
+        from crdtcoord_http.cli import run
+
+        return run(args)
     try:
         return _inspect(args)
     except OSError as exc:

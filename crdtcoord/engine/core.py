@@ -125,6 +125,7 @@ class Core:
             self.effects.append(Send(peer, data, kind))
             self.count(f"sent_{kind.name}")
             self.count("bytes_sent", len(data))
+            self.count(f"bytes_sent_{kind.name}", len(data))
             return
         size = limit - self.chunk_overhead()
         parts = [data[i : i + size] for i in range(0, len(data), size)]

@@ -528,6 +528,7 @@ class Engine:
             core.hlc.update(env.hlc)
         core.count(f"received_{env.kind.name}")
         core.count("bytes_received", env.size)
+        core.count(f"bytes_received_{env.kind.name}", env.size)
         self._propagation.heard_from(peer, reply=env.reply_to != 0)
         self._ae.heard_from(peer)
         self._dispatch(env)

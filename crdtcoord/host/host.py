@@ -25,6 +25,7 @@ larger than any earlier incarnation of that node without remembering it (protoco
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,8 @@ class Host:
         self._deferred: list[Persist] = []  # written at the next flush
         self._queue: list[Effect] = []  # released after that write
         self._marked = False  # the storage records that this process has not shut down cleanly
+        #: called after each storage write with (persist effects written, seconds it took)
+        self.on_write: Callable[[int, float], None] | None = None
 
     @classmethod
     def open(
@@ -232,11 +235,14 @@ class Host:
             meta = {**(meta or {}), CLEAN: 0}
             self._marked = True
         if batch or meta:
+            t0 = time.perf_counter()
             try:
                 self.storage.write(batch, meta)
             except BaseException as exc:
                 self._failed = exc
                 raise
+            if self.on_write is not None:
+                self.on_write(len(batch), time.perf_counter() - t0)
         send, sink = self._send, self._on_event
         for e in effects:
             if isinstance(e, Send):

@@ -111,6 +111,11 @@ class Node:
         self.on_escalation: Callable[[Escalation], None] | None = None
         #: counters of this node's own (besides the engine's)
         self.counters: dict[str, int] = {}
+        #: called after every storage write with (persist effects, seconds): metrics hook
+        self.write_observers: list[Callable[[int, float], None]] = []
+        #: updates applied through this node's API (retries of an applied op id included)
+        self.ops_applied = 0
+        self._early_peers: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,22 +125,34 @@ class Node:
             return self
         self._loop = asyncio.get_running_loop()
         self._t0 = self._mono()
-        self._host = Host.open(
-            self.node_id,
-            self.storage,
-            self._send,
-            self._on_event,
-            wall_ms=self._wall(),
-            meta=lambda events: self._feed.meta(events) if self._feed is not None else None,
-            defer=True,
-            seeds=tuple(self.transport.seeds()),
-            config=self.config,
-            critical=self._critical,
-            clock_ms=self._wall,
-            advertise=self.transport.advertise(),
-        )
+        # the transport first: it may have to bind to learn its own address (port 0), which
+        # the engine gossips; a message arriving before the engine exists is refused (the
+        # sender retries)
+        await self.transport.start(self)
+        try:
+            self._host = Host.open(
+                self.node_id,
+                self.storage,
+                self._send,
+                self._on_event,
+                wall_ms=self._wall(),
+                meta=lambda events: self._feed.meta(events) if self._feed is not None else None,
+                defer=True,
+                seeds=tuple(self.transport.seeds()),
+                config=self.config,
+                critical=self._critical,
+                clock_ms=self._wall,
+                advertise=self.transport.advertise(),
+            )
+        except BaseException:
+            await self.transport.close()  # (e.g. the data dir is locked by another process)
+            raise
+        self._host.on_write = self._observe_write
         engine = self._host.engine
         engine.report_all_changes()
+        for p in self._early_peers:
+            engine.add_peer(p)
+        self._early_peers.clear()
         self._feed = ChangeFeed(
             engine.incarnation,
             self._host.restored_meta.get(META_KEY, 0),
@@ -144,7 +161,6 @@ class Node:
             keep=self._keep,
             queue=self._feed_queue,
         )
-        await self.transport.start(self)
         self._started_at = self._now()
         self._host.start(self._now())
         self._reschedule()
@@ -247,6 +263,9 @@ class Node:
 
     def add_peer(self, peer: str) -> None:
         """A peer became reachable (the transport resolved its address)."""
+        if self._host is None:
+            self._early_peers.append(peer)  # (added when the engine exists)
+            return
         self.engine.add_peer(peer)
         if self._host is not None:
             self._host.run()
@@ -272,6 +291,10 @@ class Node:
         elif isinstance(e, PeerRepair):
             self.counters["peer_repairs"] = self.counters.get("peer_repairs", 0) + 1
 
+    def _observe_write(self, n: int, seconds: float) -> None:
+        for f in self.write_observers:
+            f(n, seconds)
+
     def _learn_addresses(self) -> None:
         for node, info in self.engine.members().items():
             if node != self.node_id and isinstance(info, dict):
@@ -289,6 +312,7 @@ class Node:
             raise InvalidArgument("the node is not running")
         now = self._mono() - self._t0
         host.engine.update(key, factory, op, now)
+        self.ops_applied += 1
         at = self._timer_at
         if at is None or at > now + self.config.delta_delay:
             host.run()  # (the effects, deferred: the batching timer writes them)
@@ -314,6 +338,7 @@ class Node:
         handle = self._host.engine.update(
             key, factory, op, self._now(), consistency=consistency, op_id=op_id, timeout=timeout
         )
+        self.ops_applied += 1
         if consistency is LOCAL:
             self._host.run()
             self._reschedule()
@@ -355,6 +380,10 @@ class Node:
     def _keys(self, prefix: str) -> list[str]:
         return [k for k in self.engine.keys(prefix) if not k.startswith("$")]
 
+    def pending_writes(self) -> int:
+        """Updates applied in memory and not yet written (the batching window's backlog)."""
+        return self._host.pending_writes() if self._host is not None else 0
+
     def flush(self) -> None:
         """Write what is pending now (instead of at the next batching tick)."""
         if self._host is not None:
@@ -393,6 +422,10 @@ class Node:
         if self._feed is None:
             raise InvalidArgument("the node is not started")
         return self._feed.subscribe(prefix, since)
+
+    def feed_lag(self) -> int:
+        """Changes queued for the slowest feed subscriber."""
+        return self._feed.lag() if self._feed is not None else 0
 
     @property
     def cursor(self) -> str:

@@ -1,7 +1,24 @@
-"""crdtcoord_http: the aiohttp transport of crdtcoord (sync endpoints, metrics, dashboard).
+"""crdtcoord_http: the aiohttp transport of crdtcoord.
 
-Empty for now: the HTTP server and client arrive with the runtime. Importable so that the
-distribution's layout is fixed from the first release.
+:class:`HttpTransport` serves the replication protocol on ``POST /v1/messages`` (msgpack bodies,
+HMAC-signed with the cluster secret), a JSON client API with bearer tokens, server-sent change
+feeds, ``/v1/status`` and Prometheus ``/metrics``; :class:`Client` is a small synchronous client
+of that API (the CLI uses it). See ``docs/operations.md``.
 """
 
-__all__: list[str] = []
+from crdtcoord_http.auth import AuthError, ConfigError, Signer, TokenSet, load_secret
+from crdtcoord_http.client import Client, ClientError
+from crdtcoord_http.transport import HttpLimits, HttpTransport, is_loopback
+
+__all__ = [
+    "AuthError",
+    "Client",
+    "ClientError",
+    "ConfigError",
+    "HttpLimits",
+    "HttpTransport",
+    "Signer",
+    "TokenSet",
+    "is_loopback",
+    "load_secret",
+]

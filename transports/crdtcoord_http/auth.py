@@ -1,0 +1,239 @@
+"""Who may call what: peer signatures (HMAC-SHA256 with the cluster secret) and client tokens.
+
+**Peers** sign every request with the cluster secret. The signature covers the method, the path,
+a timestamp, a nonce, the sender's node id and the SHA-256 of the body, so a request cannot be
+altered, redirected to another route or attributed to another node. A receiver refuses a
+timestamp outside its skew window and a nonce it has already seen inside that window (the replay
+cache holds each nonce as long as its timestamp could still be accepted, so a replay is refused
+whenever it arrives). Responses carrying reply messages are signed the same way, bound to the
+request's nonce.
+
+**Clients** (operators, other languages) present a bearer token from the node's token file. A
+token is not the secret and cannot sign anything: the two are checked by different code paths,
+and a token file containing the cluster secret is refused at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from crdtcoord import CrdtcoordError
+
+__all__ = [
+    "HEADER_ADDR",
+    "HEADER_NODE",
+    "HEADER_NONCE",
+    "HEADER_SIGNATURE",
+    "HEADER_TIMESTAMP",
+    "AuthError",
+    "ConfigError",
+    "ReplayCache",
+    "Signer",
+    "TokenSet",
+    "load_secret",
+]
+
+HEADER_NODE = "X-Crdtcoord-Node"
+HEADER_ADDR = "X-Crdtcoord-Addr"
+HEADER_TIMESTAMP = "X-Crdtcoord-Timestamp"
+HEADER_NONCE = "X-Crdtcoord-Nonce"
+HEADER_SIGNATURE = "X-Crdtcoord-Signature"
+
+#: The smallest secret accepted (bytes): a short secret can be guessed offline from one request.
+MIN_SECRET_BYTES = 16
+
+
+class ConfigError(CrdtcoordError, ValueError):
+    """A node cannot start as configured (e.g. a public address without a secret); the
+    message says why and what to change."""
+
+
+class AuthError(CrdtcoordError):
+    """A request is not authenticated; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+def load_secret(path: str | os.PathLike[str]) -> bytes:
+    """Read a cluster secret file (surrounding whitespace is ignored); at least 16 bytes."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the secret file {p}: {e.strerror}") from None
+    if len(raw) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the secret in {p} is {len(raw)} bytes; use at least {MIN_SECRET_BYTES} random bytes"
+            " (e.g. `python -c 'import secrets; print(secrets.token_hex(32))' > secret`)"
+        )
+    return raw
+
+
+def _body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class Signer:
+    """Signs and verifies peer requests and responses with the cluster secret."""
+
+    def __init__(self, secret: bytes, *, skew: float = 30.0, clock: object = time.time) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(f"a cluster secret has at least {MIN_SECRET_BYTES} bytes")
+        self._key = secret
+        self.skew = skew
+        self._clock = clock
+        self.replays = ReplayCache(window=2 * skew)
+
+    def _now(self) -> float:
+        clock = self._clock
+        assert callable(clock)
+        t = clock()
+        assert isinstance(t, float | int)
+        return float(t)
+
+    def _mac(self, *parts: str) -> str:
+        msg = "\n".join(parts).encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
+
+    def sign_request(self, method: str, path: str, node: str, body: bytes) -> dict[str, str]:
+        """Headers that authenticate one request of ``node``."""
+        ts = str(int(self._now() * 1000))
+        nonce = secrets.token_hex(16)
+        sig = self._mac("req/v1", method.upper(), path, ts, nonce, node, _body_hash(body))
+        return {
+            HEADER_NODE: node,
+            HEADER_TIMESTAMP: ts,
+            HEADER_NONCE: nonce,
+            HEADER_SIGNATURE: sig,
+        }
+
+    def check_headers(self, headers: object) -> tuple[str, str, str, str]:
+        """The cheap checks, before the body is read: the headers are present and well formed
+        and the timestamp is inside the skew window. Returns (node, timestamp, nonce, sig)."""
+        get = getattr(headers, "get", None)
+        assert get is not None
+        node, ts, nonce, sig = (
+            get(HEADER_NODE),
+            get(HEADER_TIMESTAMP),
+            get(HEADER_NONCE),
+            get(HEADER_SIGNATURE),
+        )
+        if not (node and ts and nonce and sig):
+            raise AuthError(
+                "unsigned", "peer requests must carry the X-Crdtcoord-* signature headers"
+            )
+        if not ts.isdigit() or len(ts) > 16:
+            raise AuthError("bad_timestamp", "the timestamp must be integer milliseconds")
+        if len(nonce) != 32 or len(sig) != 64:
+            raise AuthError("bad_signature", "malformed nonce or signature")
+        drift = abs(int(ts) / 1000 - self._now())
+        if drift > self.skew:
+            raise AuthError(
+                "clock_skew",
+                f"request timestamp is {drift:.1f} s away from this node's clock (window"
+                f" {self.skew:.0f} s): check NTP on both hosts",
+            )
+        return node, ts, nonce, sig
+
+    def verify_request(
+        self, method: str, path: str, parts: tuple[str, str, str, str], body: bytes
+    ) -> None:
+        """Check the signature over the body, then record the nonce (a replay fails here)."""
+        node, ts, nonce, sig = parts
+        want = self._mac("req/v1", method.upper(), path, ts, nonce, node, _body_hash(body))
+        if not hmac.compare_digest(want, sig):
+            raise AuthError("bad_signature", "the signature does not match (wrong secret?)")
+        if not self.replays.add(nonce, int(ts) / 1000, self._now()):
+            raise AuthError("replayed", "this request was already received")
+
+    def sign_response(self, request_nonce: str, body: bytes) -> str:
+        return self._mac("resp/v1", request_nonce, _body_hash(body))
+
+    def verify_response(self, request_nonce: str, body: bytes, sig: str | None) -> None:
+        if not sig or not hmac.compare_digest(self.sign_response(request_nonce, body), sig):
+            raise AuthError("bad_signature", "the response is not signed with the cluster secret")
+
+
+class ReplayCache:
+    """Nonces seen, each kept until its timestamp leaves the acceptance window; bounded (when
+    full, new requests are refused rather than old nonces forgotten: forgetting would let a
+    replay through)."""
+
+    def __init__(self, window: float, capacity: int = 1_000_000) -> None:
+        self.window = window
+        self.capacity = capacity
+        self._seen: OrderedDict[str, float] = OrderedDict()  # nonce -> expiry, in arrival order
+
+    def add(self, nonce: str, ts: float, now: float) -> bool:
+        """Record ``nonce``; False if it was seen (or the cache is full of live nonces)."""
+        seen = self._seen
+        while seen:
+            first = next(iter(seen.values()))
+            if first > now:
+                break
+            seen.popitem(last=False)
+        if nonce in seen:
+            return False
+        if len(seen) >= self.capacity:
+            return False
+        # expiry: after the timestamp can no longer pass the skew check (arrival order is
+        # not expiry order, so an entry may outlive its expiry a little: never the reverse)
+        seen[nonce] = max(ts, now) + self.window
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class TokenSet:
+    """Client bearer tokens (one per line in the token file; ``#`` comments; an optional
+    ``name:`` prefix names the client in logs)."""
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self._tokens = tokens  # token -> client name
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, secret: bytes | None = None) -> TokenSet:
+        p = Path(path)
+        try:
+            lines = p.read_text("utf-8").splitlines()
+        except OSError as e:
+            raise ConfigError(f"cannot read the token file {p}: {e.strerror}") from None
+        tokens: dict[str, str] = {}
+        for i, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, tok = line.rpartition(":") if ":" in line else ("", "", line)
+            tok = tok.strip()
+            if len(tok) < MIN_SECRET_BYTES:
+                raise ConfigError(f"{p}:{i}: a token has at least {MIN_SECRET_BYTES} characters")
+            if secret is not None and hmac.compare_digest(tok.encode(), secret):
+                raise ConfigError(
+                    f"{p}:{i}: this token is the cluster secret; client tokens must differ"
+                    " (a client must never be able to sign peer messages)"
+                )
+            tokens[tok] = name.strip() or f"token{i}"
+        if not tokens:
+            raise ConfigError(f"the token file {p} holds no token")
+        return cls(tokens)
+
+    def check(self, token: str | None) -> str:
+        """The client name for ``token``; :class:`AuthError` if unknown."""
+        if not token:
+            raise AuthError("no_token", "send 'Authorization: Bearer <token>' (or ?token=)")
+        for tok, name in self._tokens.items():  # constant time per candidate
+            if hmac.compare_digest(tok.encode(), token.encode()):
+                return name
+        raise AuthError("bad_token", "unknown client token")
+
+    def __len__(self) -> int:
+        return len(self._tokens)

@@ -1,0 +1,294 @@
+"""The networked commands of ``crdtcoord``: ``serve`` and the client commands (``get``, ``inc``,
+``dec``, ``add``, ``remove``, ``set``, ``status``, ``watch``). ``crdtcoord.cli`` defines their
+arguments and calls :func:`run` (imported only when such a command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from crdtcoord import CrdtcoordError
+from crdtcoord_http.auth import ConfigError, TokenSet, load_secret
+from crdtcoord_http.client import Client, ClientError
+
+__all__ = ["run"]
+
+DEFAULT_NODE = "http://127.0.0.1:7000"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one networked command; returns the exit status (errors printed to stderr)."""
+    prog = f"crdtcoord {args.command}"
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _client_command(args)
+    except (ConfigError, ClientError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except CrdtcoordError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------- serve
+
+
+def _ssl_contexts(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
+        return None, None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    server = client = None
+    try:
+        if args.tls_cert:
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server.load_cert_chain(args.tls_cert, args.tls_key)
+            if args.tls_ca:
+                server.load_verify_locations(args.tls_ca)
+                server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: peers need a certificate
+        client = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+        if client is not None and args.tls_cert:
+            client.load_cert_chain(args.tls_cert, args.tls_key)  # (our certificate, for mTLS)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS: {e}") from None
+    return server, client
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from crdtcoord.engine import EngineConfig
+    from crdtcoord.runtime import Node
+    from crdtcoord.storage import SqliteStorage
+    from crdtcoord_http.transport import HttpTransport
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    secret = load_secret(args.secret_file) if args.secret_file else None
+    if args.secret_file is None and os.environ.get("CRDTCOORD_SECRET"):
+        secret = os.environ["CRDTCOORD_SECRET"].encode()
+    tokens = TokenSet.load(args.token_file, secret=secret) if args.token_file else None
+    server_ssl, client_ssl = _ssl_contexts(args)
+    transport = HttpTransport(
+        args.listen,
+        args.peer or (),
+        secret=secret,
+        tokens=tokens,
+        advertise=args.advertise,
+        ssl_server=server_ssl,
+        ssl_client=client_ssl,
+    )
+    storage = None
+    if args.data_dir:
+        storage = SqliteStorage(Path(args.data_dir) / "node.db", durability=args.durability)
+    try:
+        config = EngineConfig(cluster_id=args.cluster)
+    except CrdtcoordError as e:
+        raise ConfigError(str(e)) from None
+    node = Node(
+        args.id,
+        transport=transport,
+        storage=storage,
+        config=config,
+        failure_timeout=args.failure_timeout,
+    )
+    return asyncio.run(_serve_until_signal(node, args))
+
+
+async def _serve_until_signal(node: Any, args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    t = node.transport
+    where = args.data_dir or "memory (lost on exit: pass --data-dir)"
+    print(
+        f"crdtcoord serve: node {node.node_id} (incarnation {node.incarnation}) listening on"
+        f" {t.url}; cluster {node.config.cluster_id!r}; data: {where};"
+        f" {'secured' if t.signer else 'protected mode (no secret, loopback only)'}",
+        flush=True,
+    )
+    await stop.wait()
+    clean = await node.close()
+    print(f"crdtcoord serve: node {node.node_id} stopped ({'clean' if clean else 'unclean'})")
+    return 0
+
+
+# ---------------------------------------------------------------------- client commands
+
+
+def _client(args: argparse.Namespace) -> Client:
+    token = os.environ.get("CRDTCOORD_TOKEN")
+    if args.token_file:
+        try:
+            lines = [
+                ln.strip()
+                for ln in Path(args.token_file).read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")
+            ]
+        except OSError as e:
+            raise ConfigError(f"cannot read {args.token_file}: {e.strerror}") from None
+        if not lines:
+            raise ConfigError(f"{args.token_file} holds no token")
+        token = lines[0].rpartition(":")[2].strip()
+    return Client(args.node or os.environ.get("CRDTCOORD_NODE") or DEFAULT_NODE, token)
+
+
+def _retrying(fn: Any, attempts: int = 4) -> Any:
+    """Call ``fn``; on an unreachable or overloaded node, retry with backoff (mutations carry
+    an op id, so a retry never applies twice)."""
+    delay = 0.2
+    for i in range(attempts):
+        try:
+            return fn()
+        except ClientError as e:
+            if i == attempts - 1 or e.status not in (0, 429, 503):
+                raise
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _show(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value: JSON if it parses (42, true, {"a": 1}), else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    c = _client(args)
+    cmd = args.command
+    if cmd == "get":
+        out = _retrying(lambda: c.get(args.key, args.consistency))
+        print(_show(out["value"]))
+        return 0
+    if cmd == "status":
+        st = _retrying(c.status)
+        if args.json:
+            print(json.dumps(st, indent=2))
+        else:
+            print(format_status(st))
+        return 0
+    if cmd == "watch":
+        return _watch(c, args)
+    op_id = args.op_id or f"cli-{uuid.uuid4().hex}"
+    fields: dict[str, Any] = {}
+    if cmd in ("inc", "dec"):
+        fields["n"] = args.n
+    elif cmd in ("add", "remove"):
+        fields["element"] = _parse_value(args.element)
+    else:
+        fields["value"] = _parse_value(args.value)
+    out = _retrying(
+        lambda: c.op(
+            args.key, cmd, consistency=args.consistency, op_id=op_id, timeout=args.timeout, **fields
+        )
+    )
+    print(_show(out["value"]))
+    return 0
+
+
+def _watch(c: Client, args: argparse.Namespace) -> int:
+    since = args.since
+    delay = 0.2
+    while True:
+        try:
+            for ch in c.watch(args.prefix, since, idle_timeout=None):
+                if ch.get("event") == "compacted":
+                    print(
+                        f"# compacted ({ch['reason']}); snapshot follows, resuming at"
+                        f" {ch['cursor']}",
+                        flush=True,
+                    )
+                    for k, v in ch["snapshot"].items():
+                        print(
+                            json.dumps({"key": k, "value": v}) if args.json else f"{k} = {_show(v)}"
+                        )
+                    since = ch["cursor"]
+                    break
+                since = ch["cursor"]
+                if args.json:
+                    print(json.dumps(ch), flush=True)
+                else:
+                    origin = ch["origin"] or "local"
+                    print(
+                        f"{ch['cursor']}  {ch['key']} = {_show(ch['value'])}  ({origin})",
+                        flush=True,
+                    )
+                delay = 0.2
+            else:
+                return 0  # the node ended the stream (shutting down)
+        except ClientError as e:
+            if e.status != 0 or args.once:
+                raise
+            print(f"# {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except KeyboardInterrupt:
+            return 0
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """``/v1/status`` as a readable table."""
+    t = st.get("transport", {})
+    s = st.get("storage", {})
+    sync = st.get("sync", {})
+    lines = [
+        f"node {st['node']}  incarnation {st['incarnation']}  cluster {st['cluster']!r}"
+        f"  uptime {st['uptime_s']:.1f} s",
+        f"keys {st['keys']}  members {st['members']}  backlog {st['backlog']}"
+        f"  repairs owed {', '.join(st['repairs']) or 'none'}"
+        f"  pending requests {st['pending_requests']}",
+        f"storage {s.get('kind')} {s.get('path', '')}  durability {s.get('durability', '-')}"
+        f"  writes {s.get('writes', '-')}  pending {s.get('pending_writes', 0)}",
+        f"transport {t.get('url', '-')}  {'secured' if t.get('secured') else 'protected mode'}"
+        f"{'  TLS' if t.get('tls') else ''}  sent {t.get('sent', 0)}  received"
+        f" {t.get('received', 0)}  errors {t.get('send_errors', 0)}",
+        f"sync: deltas sent {sync.get('sent_DELTA', 0)}, received {sync.get('received_DELTA', 0)};"
+        f" retransmits {sync.get('retransmits', 0)};"
+        f" anti-entropy rounds {sync.get('ae_rounds', 0)};"
+        f" repairs {sync.get('repairs_done', 0)}/{sync.get('repairs_scheduled', 0)};"
+        f" rejected {sync.get('rejected', 0)}",
+        "",
+    ]
+    rows = [("PEER", "INCARNATION", "LAST CONTACT", "LAG", "RTT MS", "STATE")]
+    for p in st.get("peers", []):
+        last = p.get("last_contact_s")
+        state = "left" if p.get("left") else ("SUSPECTED" if p.get("suspected") else "up")
+        rows.append(
+            (
+                str(p["node"]),
+                str(p.get("incarnation") or "-"),
+                "never" if last is None else f"{last:.1f} s ago",
+                str(p.get("lag", 0)),
+                "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f}",
+                state,
+            )
+        )
+    if len(rows) == 1:
+        lines.append("no peers")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)

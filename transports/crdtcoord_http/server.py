@@ -1,0 +1,432 @@
+"""The node's HTTP routes: the peer protocol, the JSON client API, status and metrics.
+
+=========================  ==================  ===========================================
+route                      who                 what
+=========================  ==================  ===========================================
+``GET /v1/health``         anyone              liveness, node id, cluster (peers resolve
+                                               URLs with it)
+``POST /v1/messages``      peers (signature)   one engine message; replies in the response
+``GET /v1/keys``           clients (token)     keys (``?prefix=``)
+``GET /v1/keys/{key}``     clients (token)     value (``?consistency=majority`` for a
+                                               quorum read)
+``POST /v1/keys/{key}``    clients (token)     apply an op: JSON ``{"op": "inc", ...}``
+``GET /v1/watch``          clients (token)     change feed as server-sent events
+``GET /v1/status``         clients (token)     node, peers, lag, keys, sync counters
+``GET /metrics``           clients (token)     Prometheus text
+=========================  ==================  ===========================================
+
+With a cluster secret, client routes need a bearer token (``Authorization: Bearer T`` or
+``?token=T``) from the node's token file, and peer routes need a signature; a token is never
+accepted on a peer route. Without a secret (protected mode, loopback only) client routes are open
+unless a token file is given. Errors are JSON ``{"error": code, "detail": text}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from crdtcoord import (
+    ConsistencyTimeout,
+    CrdtcoordError,
+    GCounter,
+    IncompatibleMerge,
+    InvalidArgument,
+    LWWRegister,
+    ORSet,
+    PNCounter,
+)
+from crdtcoord.engine import LOCAL, Consistency, ProtocolError
+from crdtcoord.runtime.transport import NodePort
+from crdtcoord_http.auth import HEADER_ADDR, HEADER_SIGNATURE, AuthError
+
+if TYPE_CHECKING:
+    from crdtcoord.runtime import Node
+    from crdtcoord_http.transport import HttpTransport
+
+__all__ = ["build_app", "to_json"]
+
+_TRANSPORT: web.AppKey[HttpTransport] = web.AppKey("transport")
+
+
+def error(status: int, code: str, detail: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
+
+
+def to_json(v: Any) -> Any:
+    """A CRDT value as JSON: sets as sorted lists, bytes as ``{"base64": ...}``, map keys as
+    strings."""
+    if isinstance(v, set | frozenset):
+        items = [to_json(x) for x in v]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=repr)
+    if isinstance(v, bytes):
+        return {"base64": base64.b64encode(v).decode()}
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else repr(k): to_json(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [to_json(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)
+    return v
+
+
+def _remote_is_loopback(request: web.Request) -> bool:
+    from crdtcoord_http.transport import is_loopback
+
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    host = peer[0] if isinstance(peer, tuple) and peer else ""
+    return isinstance(host, str) and is_loopback(host)
+
+
+class _Bucket:
+    """A token bucket per client (rate per second, burst of one second)."""
+
+    __slots__ = ("last", "level")
+
+    def __init__(self, rate: float) -> None:
+        self.level = rate
+        self.last = time.monotonic()
+
+
+def build_app(t: HttpTransport, node: NodePort) -> web.Application:
+    """The aiohttp application of one node's transport."""
+    lim = t.limits
+    cfg = getattr(node, "config", None)
+    max_body = lim.max_body or (int(getattr(cfg, "max_message_bytes", 1 << 20)) + 4096)
+    app = web.Application(client_max_size=max_body)
+    app[_TRANSPORT] = t
+    watchers: set[web.StreamResponse] = set()
+    buckets: dict[str, _Bucket] = {}
+    full = node if hasattr(node, "status") and hasattr(node, "apply") else None
+
+    # ---------------------------------------------------------------- peer protocol
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        """POST /v1/messages: one signed engine message; replies return in the response."""
+        if t._closing:
+            return error(503, "closing", "the node is shutting down", **{"Retry-After": "1"})
+        parts = None
+        if t.signer is not None:
+            try:
+                parts = t.signer.check_headers(request.headers)
+            except AuthError as e:
+                t.counters.refuse(e.reason)
+                return error(401, e.reason, str(e))
+            sender = parts[0]
+        else:
+            if not _remote_is_loopback(request):
+                t.counters.refuse("not_loopback")
+                return error(403, "not_loopback", "protected mode: loopback peers only")
+            sender = request.headers.get("X-Crdtcoord-Node", "")
+        length = request.content_length
+        if length is not None and length > max_body:
+            t.counters.refuse("too_large")
+            return error(413, "too_large", f"body of {length} bytes; the limit is {max_body}")
+        if t._inflight >= lim.max_inflight:
+            t.counters.refuse("overloaded")
+            return error(503, "overloaded", "too many requests in flight", **{"Retry-After": "1"})
+        pending = _pending_writes(node)
+        if pending > lim.max_pending_writes:
+            t.counters.refuse("storage_behind")
+            return error(503, "storage_behind", "the disk is behind", **{"Retry-After": "1"})
+        t._inflight += 1
+        try:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                t.counters.refuse("too_large")
+                return error(413, "too_large", f"the limit is {max_body} bytes")
+            if parts is not None:
+                assert t.signer is not None
+                try:
+                    t.signer.verify_request("POST", request.path, parts, body)
+                except AuthError as e:
+                    t.counters.refuse(e.reason)
+                    return error(401, e.reason, str(e))
+            if not body:
+                t.counters.refuse("malformed")
+                return error(400, "malformed", "empty body")
+            try:
+                replies = t.take(sender, body)
+            except ProtocolError as e:
+                t.counters.refuse(e.code)
+                return error(400, e.code, e.reason)
+            except InvalidArgument as e:  # the node is starting or stopping
+                return error(503, "not_running", str(e), **{"Retry-After": "1"})
+            t.heard_address(sender, request.headers.get(HEADER_ADDR))
+            if not replies:
+                return web.Response(status=204)
+            import msgpack
+
+            out = msgpack.packb(replies, use_bin_type=True)
+            headers = {"Content-Type": "application/x-msgpack"}
+            if t.signer is not None and parts is not None:
+                headers[HEADER_SIGNATURE] = t.signer.sign_response(parts[2], out)
+            return web.Response(body=out, headers=headers)
+        finally:
+            t._inflight -= 1
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "node": node.node_id,
+                "cluster": getattr(cfg, "cluster_id", None),
+                "secured": t.signer is not None,
+            }
+        )
+
+    # ---------------------------------------------------------------- client API
+
+    def client_auth(request: web.Request) -> web.Response | None:
+        """None if the caller may use the client API, else the error response."""
+        token = None
+        h = request.headers.get("Authorization", "")
+        if h.startswith("Bearer "):
+            token = h[7:].strip()
+        elif "token" in request.query:
+            token = request.query["token"]
+        if t.tokens is None:
+            if t.signer is not None:
+                return error(
+                    401,
+                    "no_client_tokens",
+                    "this node has no client tokens: start it with --token-file",
+                )
+            if not _remote_is_loopback(request):
+                return error(403, "not_loopback", "protected mode: loopback clients only")
+            name = "local"
+        else:
+            try:
+                name = t.tokens.check(token)
+            except AuthError as e:
+                return error(401, e.reason, str(e), **{"WWW-Authenticate": "Bearer"})
+        b = buckets.get(name)
+        if b is None:
+            b = buckets[name] = _Bucket(lim.client_rate)
+        now = time.monotonic()
+        b.level = min(lim.client_rate, b.level + (now - b.last) * lim.client_rate)
+        b.last = now
+        if b.level < 1:
+            wait = max(1, math.ceil((1 - b.level) / lim.client_rate))
+            return error(429, "rate_limited", "too many requests", **{"Retry-After": str(wait)})
+        b.level -= 1
+        return None
+
+    def running() -> Node:
+        if full is None:
+            raise web.HTTPNotFound(text="client API needs a crdtcoord Node")
+        return full  # type: ignore[return-value]
+
+    def consistency(request: web.Request, default: Consistency = LOCAL) -> Consistency:
+        c = request.query.get("consistency")
+        return default if c is None else Consistency.parse(c)
+
+    async def keys(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        return web.json_response({"keys": n.keys(request.query.get("prefix", ""))})
+
+    async def get_key(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        key = request.match_info["key"]
+        try:
+            level = consistency(request)
+            if level is LOCAL:
+                state = n.state(key)
+            else:
+                await n.read(key, consistency=level)
+                state = n.state(key)
+        except ConsistencyTimeout as e:
+            return error(504, "consistency_timeout", str(e))
+        except CrdtcoordError as e:
+            return error(400, "bad_request", str(e))
+        if state is None or key.startswith("$"):
+            return error(404, "no_such_key", f"no key {key!r} on this node")
+        return web.json_response(
+            {"key": key, "type": type(state).__name__, "value": to_json(state.value())}
+        )
+
+    async def post_key(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        key = request.match_info["key"]
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "bad_json", "the body must be a JSON object")
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, "too_large", "request body too large")
+        if not isinstance(body, dict):
+            return error(400, "bad_json", "the body must be a JSON object")
+        try:
+            op, factory = _op(n, key, body)
+            level = Consistency.parse(body.get("consistency", "local"))
+            op_id = body.get("op_id")
+            if op_id is not None and not isinstance(op_id, str):
+                raise InvalidArgument("op_id must be a string")
+            timeout = body.get("timeout")
+            if timeout is not None and (
+                not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+            ):
+                raise InvalidArgument("timeout must be a positive number of seconds")
+            await n.apply(key, op, factory, consistency=level, op_id=op_id, timeout=timeout)
+        except IncompatibleMerge as e:
+            return error(409, "wrong_type", str(e))
+        except ConsistencyTimeout as e:
+            return error(
+                504,
+                "consistency_timeout",
+                f"{e} (the op is applied here and keeps propagating; retry with the same"
+                " op_id to wait again without applying it twice)",
+            )
+        except CrdtcoordError as e:
+            return error(400, "bad_op", str(e))
+        state = n.state(key)
+        return web.json_response(
+            {
+                "key": key,
+                "type": type(state).__name__ if state is not None else None,
+                "value": to_json(state.value()) if state is not None else None,
+                "op_id": body.get("op_id"),
+                "consistency": str(body.get("consistency", "local")),
+            }
+        )
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        if len(watchers) >= lim.max_watchers:
+            return error(503, "too_many_watchers", "too many open watches", **{"Retry-After": "5"})
+        prefix = request.query.get("prefix", "")
+        since = request.query.get("since") or request.headers.get("Last-Event-ID") or None
+        try:
+            sub = n.subscribe(prefix, since)
+        except CrdtcoordError as e:
+            return error(400, "bad_cursor", str(e))
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await resp.prepare(request)
+        watchers.add(resp)
+        from crdtcoord.runtime import Compacted
+
+        try:
+            await resp.write(f": watching {prefix!r} from {since or 'now'}\n\n".encode())
+            it = sub.__aiter__()
+            while not t._closing:
+                try:
+                    ch = await asyncio.wait_for(it.__anext__(), 15.0)
+                except TimeoutError:
+                    await resp.write(b": ping\n\n")  # (finds a gone client; keeps proxies open)
+                    continue
+                except Compacted as c:
+                    data = {"reason": str(c), "cursor": c.cursor, "snapshot": to_json(c.snapshot)}
+                    await resp.write(f"event: compacted\ndata: {json.dumps(data)}\n\n".encode())
+                    break
+                data = {
+                    "key": ch.key,
+                    "value": to_json(ch.value),
+                    "origin": ch.origin,
+                    "cursor": ch.cursor,
+                }
+                await resp.write(f"id: {ch.cursor}\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            sub.close()
+            watchers.discard(resp)
+        return resp
+
+    async def status(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        return web.json_response(to_json(running().status()))
+
+    async def metrics(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        from crdtcoord_http.metrics import Metrics
+
+        if t.metrics is None:
+            t.metrics = Metrics(running(), t)
+        body, ctype = t.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": ctype})
+
+    async def on_shutdown(app: web.Application) -> None:
+        for resp in list(watchers):  # (open streams would delay shutdown)
+            with contextlib.suppress(Exception):
+                await resp.write_eof()
+
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/v1/health", health)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_get("/v1/keys", keys)
+    app.router.add_get("/v1/keys/{key:.+}", get_key)
+    app.router.add_post("/v1/keys/{key:.+}", post_key)
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _pending_writes(node: NodePort) -> int:
+    f = getattr(node, "pending_writes", None)
+    return int(f()) if callable(f) else 0
+
+
+def _op(n: Node, key: str, body: dict[str, Any]) -> tuple[Any, Any]:
+    """The op and factory for a client API request (see :func:`build_app`)."""
+    name = body.get("op")
+    current = n.state(key)
+    kind = type(current) if current is not None else None
+    if key.startswith("$"):
+        raise InvalidArgument("keys starting with '$' are reserved")
+    if name in ("inc", "dec"):
+        amount = body.get("n", 1)
+        if type(amount) is not int or amount < 0:
+            raise InvalidArgument("n must be a non-negative integer")
+        if kind is GCounter and name == "inc":
+            return GCounter.Increment(amount), GCounter
+        if kind not in (None, PNCounter):
+            raise IncompatibleMerge(
+                f"key {key!r} is a {kind.__name__}; {name} works on a PNCounter (or inc on a"
+                " GCounter)"
+            )
+        op = PNCounter.Increment(amount) if name == "inc" else PNCounter.Decrement(amount)
+        return op, PNCounter
+    if name in ("add", "remove"):
+        if "element" not in body:
+            raise InvalidArgument(f"{name} needs an 'element'")
+        element = body["element"]
+        if kind not in (None, ORSet):
+            raise IncompatibleMerge(f"key {key!r} is a {kind.__name__}; {name} works on an ORSet")
+        return (ORSet.Add(element) if name == "add" else ORSet.Remove(element)), ORSet
+    if name == "set":
+        if "value" not in body:
+            raise InvalidArgument("set needs a 'value'")
+        if kind not in (None, LWWRegister):
+            raise IncompatibleMerge(
+                f"key {key!r} is a {kind.__name__}; set works on an LWWRegister"
+            )
+        return LWWRegister.Assign(body["value"]), LWWRegister
+    raise InvalidArgument(f"unknown op {name!r}: use inc, dec, add, remove or set")
