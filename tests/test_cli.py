@@ -33,7 +33,22 @@ def state_bytes() -> bytes:
     return encode(s)
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["inspect"]])
+COMMANDS = [
+    "demo",
+    "inspect",
+    "serve",
+    "get",
+    "inc",
+    "dec",
+    "add",
+    "remove",
+    "set",
+    "status",
+    "watch",
+]
+
+
+@pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
 def test_help_is_plain_text(command: list[str]) -> None:
     r = run(*command, "--help")
     assert r.returncode == 0, r.stderr
@@ -44,7 +59,7 @@ def test_help_is_plain_text(command: list[str]) -> None:
 
 def test_top_level_help_lists_commands_and_version() -> None:
     out = run("--help").stdout
-    assert "demo" in out and "inspect" in out and "--version" in out
+    assert all(c in out for c in COMMANDS) and "--version" in out
 
 
 def test_version() -> None:
@@ -109,7 +124,7 @@ def test_inspect_garbage_is_a_codec_error_not_a_hex_hint(tmp_path: Path) -> None
     assert "hex" not in r.stderr
 
 
-def test_demo_subcommand_runs() -> None:
-    r = run("demo", "--seed", "3")
+def test_simulated_demo_subcommand_runs() -> None:
+    r = run("demo", "--sim", "--seed", "3")
     assert r.returncode == 0, r.stderr
     assert "digests equal: True" in r.stdout

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-import crdtcoord_http
-
 import crdtcoord
+import crdtcoord_http
 
 
 def test_all_is_sorted_and_complete() -> None:

@@ -15,7 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_converges() -> None:
+@pytest.mark.slow
+def test_make_demo_runs_three_processes_kills_one_and_converges() -> None:
+    """What `make demo` runs (quick variant): real serve processes, SIGKILL, restart."""
+    r = subprocess.run(
+        [sys.executable, "-m", "crdtcoord", "demo", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "demo passed" in r.stdout and "killed with SIGKILL" in r.stdout
+    assert "holds every acknowledged increment" in r.stdout
+
+
+def test_simulated_demo_converges() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "crdtcoord.demo", "--seed", "3"],
         capture_output=True,

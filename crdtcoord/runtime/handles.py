@@ -49,6 +49,11 @@ __all__ = [
 ]
 
 
+#: ops are immutable values: the commonest one is built once
+_INC_ONE = GCounter.Increment(1)
+_PN_INC_ONE = PNCounter.Increment(1)
+
+
 class Handle:
     """A key of one type on one node."""
 
@@ -104,7 +109,8 @@ class CounterHandle(Handle):
         timeout: float | None = None,
     ) -> None:
         if consistency is LOCAL and op_id is None:  # the hot path, without the generic layers
-            self.node.apply_local(self.key, GCounter, GCounter.Increment(n))
+            op = _INC_ONE if n == 1 and type(n) is int else GCounter.Increment(n)
+            self.node.apply_local(self.key, GCounter, op)
             return
         await self.apply(
             GCounter.Increment(n), consistency=consistency, op_id=op_id, timeout=timeout
@@ -125,9 +131,11 @@ class PNCounterHandle(Handle):
         op_id: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        await self.apply(
-            PNCounter.Increment(n), consistency=consistency, op_id=op_id, timeout=timeout
-        )
+        op = _PN_INC_ONE if n == 1 and type(n) is int else PNCounter.Increment(n)
+        if consistency is LOCAL and op_id is None:
+            self.node.apply_local(self.key, PNCounter, op)
+            return
+        await self.apply(op, consistency=consistency, op_id=op_id, timeout=timeout)
 
     async def dec(
         self,

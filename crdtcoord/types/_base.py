@@ -141,6 +141,17 @@ def _check_field(kind: str, x: object, name: str) -> Any:
     raise InvalidArgument(f"unknown op field kind {kind!r}")
 
 
+def _check_plan(cls: type) -> tuple[tuple[str, str, str], ...]:
+    """``(field, kind, label)`` of each field of an op class, cached on the class."""
+    kinds = getattr(cls, "FIELDS", ())
+    plan = tuple(
+        (f.name, kinds[i] if i < len(kinds) else "value", f"{cls.__name__}.{f.name}")
+        for i, f in enumerate(dataclasses.fields(cls))
+    )
+    type.__setattr__(cls, "_check_plan", plan)
+    return plan
+
+
 class Op:
     """An operation of one CRDT type, as data. Subclasses are frozen dataclasses.
 
@@ -157,11 +168,15 @@ class Op:
     FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        kinds = type(self).FIELDS
-        for i, f in enumerate(dataclasses.fields(self)):  # type: ignore[arg-type]
-            kind = kinds[i] if i < len(kinds) else "value"
-            x = _check_field(kind, getattr(self, f.name), f"{type(self).__name__}.{f.name}")
-            object.__setattr__(self, f.name, x)
+        cls = type(self)
+        plan = cls.__dict__.get("_check_plan")
+        if plan is None:  # (once per op class: which field is checked as what)
+            plan = _check_plan(cls)
+        for fname, kind, label in plan:
+            x = getattr(self, fname)
+            if kind == "amount" and type(x) is int and 0 <= x <= INT_MAX:
+                continue  # the common case, already valid (an update's hot path)
+            object.__setattr__(self, fname, _check_field(kind, x, label))
 
     def apply(self, state: Any, ctx: UpdateContext) -> CRDTBase:
         """Mutate ``state`` and return the delta (exactly this op's effect)."""

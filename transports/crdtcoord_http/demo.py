@@ -99,6 +99,7 @@ class Cluster:
 
     def __init__(self, n: int, root: Path, extra: list[str] | None = None) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.extra = extra or []
         ports = [free_port() for _ in range(n)]
         self.procs: list[Proc] = []
@@ -121,7 +122,7 @@ class Cluster:
             if not p.alive():
                 raise RuntimeError(f"{p.node} exited: {self.tail(p)}")
             try:
-                c.status()
+                c.health()
                 return
             except ClientError:
                 if time.monotonic() > deadline:

@@ -26,6 +26,7 @@ advertises its URL) and from the signed ``X-Crdtcoord-Addr`` header of requests.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import logging
 import random
@@ -449,7 +450,8 @@ class HttpTransport:
         else:
             headers[HEADER_NODE] = node.node_id
         try:
-            async with session.post(link.url + MESSAGES_PATH, data=data, headers=headers) as r:
+            payload: Any = data if len(data) <= 1 << 20 else io.BytesIO(data)  # (aiohttp warns)
+            async with session.post(link.url + MESSAGES_PATH, data=payload, headers=headers) as r:
                 body = await r.read()
                 status = r.status
                 retry_after = r.headers.get("Retry-After")
