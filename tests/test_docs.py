@@ -1,13 +1,15 @@
 """Every code block in README.md and docs/*.md runs as pasted (or says why it cannot).
 
 Python blocks of one file run in order in one fresh interpreter, like a reader pasting them into
-a session. Shell blocks must either be run by a test elsewhere or carry a reason on the line
-before the fence: ``<!-- not run: why -->``. Blocks without a language (diagrams, wire formats)
-are not code.
+a session. Shell blocks marked ``<!-- run: bash -->`` on the line before the fence run in bash,
+with the project's ``.venv/bin`` first on ``PATH`` (so ``crdtcoord`` is the installed command);
+every other shell block must carry a reason on that line: ``<!-- not run: why -->``. Blocks
+without a language (diagrams, wire formats) are not code.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```\s*([\w-]*)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.*?)\s*-->\s*$")
+RUN_BASH = re.compile(r"^<!--\s*run:\s*bash\s*-->\s*$")
 PYTHON = {"python", "py"}
 SHELL = {"sh", "bash", "shell", "console"}
 
@@ -31,6 +34,7 @@ class Block:
     lang: str
     code: str
     not_run: str | None  # the reason, when the block is marked
+    bash: bool = False  # marked to run in bash
 
 
 def blocks(path: Path) -> list[Block]:
@@ -48,8 +52,9 @@ def blocks(path: Path) -> list[Block]:
             j += 1
         prev = lines[start - 1] if start else ""
         mark = NOT_RUN.match(prev)
+        code = "\n".join(lines[start + 1 : j])
         out.append(
-            Block(path, start + 1, lang, "\n".join(lines[start + 1 : j]), mark and mark.group(1))
+            Block(path, start + 1, lang, code, mark and mark.group(1), bool(RUN_BASH.match(prev)))
         )
         i = j + 1
     return out
@@ -82,11 +87,35 @@ def test_every_unrun_block_says_why(path: Path) -> None:
     for b in blocks(path):
         if b.not_run is not None:
             assert b.not_run, f"{_id(path)}:{b.line}: 'not run' needs a reason"
-        if b.lang in SHELL:
+        if b.lang in SHELL and not b.bash:
             assert b.not_run is not None, (
                 f"{_id(path)}:{b.line}: a shell block must run in a test or say why it cannot"
                 " (<!-- not run: ... --> on the line before the fence)"
             )
+
+
+def _bash_blocks() -> list[Block]:
+    return [b for p in DOCS for b in blocks(p) if b.bash]
+
+
+@pytest.mark.parametrize("block", _bash_blocks(), ids=lambda b: f"{_id(b.path)}:{b.line}")
+def test_shell_walkthroughs_run_as_pasted(block: Block, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        ["bash", "-c", block.code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, (
+        f"{_id(block.path)}:{block.line} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    for line in block.code.splitlines():  # "cmd ...   # expected output" comments are checked
+        if "  # " in line and not line.lstrip().startswith("#"):
+            expected = line.split("  # ", 1)[1].strip()
+            assert expected in proc.stdout, f"{expected!r} not in the output:\n{proc.stdout}"
 
 
 def test_the_docs_have_code_to_run() -> None:

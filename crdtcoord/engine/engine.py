@@ -327,9 +327,10 @@ class Engine:
 
     def recover(self) -> None:
         """After a crash (not a clean shutdown): the previous process may have applied updates
-        whose deltas never left. Probe every known member by anti-entropy (a root comparison
-        first, so a peer already in sync costs one small message pair)."""
-        for p in self._members.known():
+        whose deltas never left. Probe every live peer by anti-entropy (a root comparison
+        first, so a peer already in sync costs one small message pair); members that left get
+        what they missed when they are back (and the start announcement went to them too)."""
+        for p in self._members.peers():
             self._propagation.mark_behind(p, probe=True)
 
     def poll(self) -> list[Effect]:
@@ -558,7 +559,7 @@ class Engine:
                     self._requests.replied(m.op, peer, self.get(m.key))
             case Leave() as m:
                 # its own entry only: a LEAVE speaks for its sender, nobody else
-                if isinstance(m.members, ORMap) and set(m.members.value()) <= {peer}:
+                if self._members.only_changes(self._store.state(MEMBERS_KEY), m.members, peer):
                     self._join((Entry(MEMBERS_KEY, m.members),), peer, forward=False)
                 else:
                     self._core.count("entries_ignored")
@@ -572,10 +573,10 @@ class Engine:
         trusted = []
         for e in entries:
             if e.key.startswith("$") and not (
-                e.key == MEMBERS_KEY and self._members.is_members_state(e.state)
+                e.key == MEMBERS_KEY and self._members.acceptable(e.state)
             ):
                 self._core.count("entries_ignored")
-                continue  # unknown reserved keys, or a membership that is not a map
+                continue  # unknown reserved keys, a membership that is not a map or from the future
             trusted.append(e)
         for e in self._store.join(trusted, origin):
             self._feed.changed(e.key, origin)
@@ -585,10 +586,13 @@ class Engine:
                 members = self._store.state(MEMBERS_KEY)
                 was_left = self._members.left_set()
                 self._members.refresh(members)
-                for p in was_left - self._members.left_set():
+                now_left = self._members.left_set()
+                for p in was_left - now_left:
                     # back after leaving: it missed what was not sent to it meanwhile
                     self._core.count("peers_rejoined")
                     self._propagation.mark_behind(p)
+                for p in now_left - was_left:
+                    self._ae.cancel_repair(p)  # (it is repaired when it comes back)
                 if (
                     self._started
                     and not self._leaving

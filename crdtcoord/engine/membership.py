@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from crdtcoord._exceptions import CrdtcoordError
 from crdtcoord._wire import Value
 from crdtcoord.engine.core import Core
 from crdtcoord.engine.messages import ProtocolError
-from crdtcoord.types import LWWRegister, Op, ORMap
+from crdtcoord.types import CRDTBase, LWWRegister, Op, ORMap
 
 __all__ = ["MEMBERS_KEY", "Membership"]
 
@@ -45,6 +46,9 @@ def _distinct(seeds: tuple[str, ...]) -> tuple[str, ...]:
     _DISTINCT[id(seeds)] = (seeds, out)  # (the original is kept alive: its id stays unique)
     return out
 
+
+#: ``$members`` entries stamped further ahead of this node's clock are refused (ms).
+_MAX_AHEAD_MS = 24 * 3600 * 1000
 
 #: Reserved key holding the gossiped membership (node id -> {"inc": incarnation, "status": ...}).
 MEMBERS_KEY = "$members"
@@ -159,10 +163,38 @@ class Membership:
         self._left = frozenset(left)
         self._peers = None
 
-    @staticmethod
-    def is_members_state(state: object) -> bool:
-        """Is ``state`` of the ``$members`` schema's type (a map)? Anything else is ignored."""
-        return isinstance(state, ORMap)
+    def acceptable(self, state: object) -> bool:
+        """May ``state`` be joined into ``$members``? It must be a map of registers, none stamped
+        more than a day beyond this node's clock: a forged entry from far in the future would
+        win every later announcement, and a node re-announcing over it would push its own clock
+        past what peers accept. (A merely skewed clock — a node that left while a minute
+        ahead — is still heard: its peers flag the skew, and LWW order still holds.)"""
+        if not isinstance(state, ORMap):
+            return False
+        limit = self._core.physical_ms() + _MAX_AHEAD_MS
+        for k in state.keys():  # noqa: SIM118 (an ORMap is not iterable)
+            reg = state.get(k)
+            ts = getattr(reg, "timestamp", None)
+            if not isinstance(reg, LWWRegister) or (ts is not None and ts.wall > limit):
+                return False
+        return True
+
+    def only_changes(self, members: Any, delta: CRDTBase, sender: str) -> bool:
+        """Does joining ``delta`` into ``members`` change no entry but ``sender``'s? (A LEAVE
+        speaks for its sender only: an empty map whose causal context covers other members'
+        entries would delete them.)"""
+        if not isinstance(delta, ORMap) or not self.acceptable(delta):
+            return False
+        before = members.value() if isinstance(members, ORMap) else {}
+        after_state = members.copy() if isinstance(members, ORMap) else ORMap()
+        try:
+            after_state.merge(delta)
+        except CrdtcoordError:
+            return False
+        after = after_state.value()
+        return all(
+            before.get(k) == after.get(k) for k in set(before) | set(after) if k != sender
+        )
 
     def own_entry_stale(self, members: Any) -> bool:
         """Does ``$members`` misstate this running node (status not up, or another

@@ -344,7 +344,9 @@ class Propagation:
                 and other.healed_at <= quiet_since  # one resend per heal, not one per message
             ):
                 other.healed_at = now
-                other.silent = 0  # the backoff starts over
+                # the backoff starts over; a peer silent for long stays on probes (a heal of
+                # another peer says nothing about it)
+                other.silent = 0 if other.silent < _GIVE_UP else _GIVE_UP - 1
                 self._retry(p, other)
 
     # ------------------------------------------------------------------ time
@@ -364,7 +366,10 @@ class Propagation:
         st.silent = 0  # (so that the range goes out now)
         # a peer silent for long gets only the oldest entry: its ACK proves the link healed
         # (then everything goes), and a dead peer is not sent its whole backlog every period
-        self._send_range(p, st, 1 if silent >= _GIVE_UP else None)
+        limit = 1 if silent >= _GIVE_UP else None
+        self._send_range(p, st, limit)
+        while limit is not None and st.acked >= st.sent < self.seq:
+            self._send_range(p, st, limit)  # that entry held nothing for it: probe with the next
         st.silent = silent
         st.timing = None  # Karn: a resent range is not timed
         st.retry_at = core.now + self._backoff(st)

@@ -1,7 +1,7 @@
 """Attacks on membership (``$members`` as the only truth on who left, protocol.md §4.5 and §9),
 silent peers and clean shutdowns: regressions of defects D1-D8 found earlier (scenarios b01-b10)
-and of defects found against the rewrite. Each test states the promise it checks; the ones marked
-``xfail(strict=True)`` document a defect of the current code."""
+and of defects D-N1..D-N5 found against the rewrite (each failed before its fix). Each test states
+the promise it checks."""
 
 from __future__ import annotations
 
@@ -183,11 +183,6 @@ def test_b05_a_dead_peer_is_sent_one_entry_per_period() -> None:
     assert 3 <= len(sizes) <= 10 and max(sizes) < 2_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N2 (b05 still open): a heal detected on another peer resets a dead peer's silence"
-    " count (Propagation.heard_from), so it gets its whole backlog again",
-)
 def test_b05_heals_of_a_flaky_peer_do_not_resend_the_whole_backlog_to_a_dead_one() -> None:
     """A peer silent through many resends gets only one-entry probes (protocol: "a dead peer is
     not sent its growing backlog over and over"), even while another, flaky, peer keeps
@@ -469,11 +464,6 @@ def test_leave_and_restart_churn_under_loss_and_partitions_converges(seed: int) 
 # ---------------------------------------------------------------------- defects found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N1: Engine.recover() schedules repairs to every known member, left ones too; a"
-    " repair to a departed node never completes (AE_ROOT every second, close() never clean)",
-)
 def test_recover_owes_no_repair_to_members_that_left() -> None:
     """protocol.md §4.5: a member whose entry says ``left`` is not repaired. A node restarting
     after a crash probes its live peers only, finishes, and can shut down cleanly."""
@@ -494,11 +484,6 @@ def test_recover_owes_no_repair_to_members_that_left() -> None:
     assert c.hosts["a"].close() is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N1: a departure learned from $members gossip (LEAVE lost) does not cancel the"
-    " repair owed to the departed node (only the LEAVE handler calls cancel_repair)",
-)
 def test_a_departure_learned_by_gossip_cancels_the_repair_owed() -> None:
     """``a`` owes ``b`` a repair; ``b`` leaves and its LEAVE to ``a`` is lost, but its delta
     brings ``left``: ``a`` stops repairing ``b`` (it is repaired if it comes back) and can shut
@@ -572,12 +557,6 @@ def _stalled_probe() -> ManualCluster:
     return c
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N3: a one-entry probe whose entry holds nothing for the peer (its own forwarded"
-    " delta) is counted as acknowledged and clears retry_at (Propagation._send_range/_retry):"
-    " the entries after it are never resent",
-)
 def test_a_probe_that_skips_the_peers_own_delta_does_not_stall_the_stream() -> None:
     """Every delta-buffer entry is retransmitted until acknowledged: after the link heals the
     peer gets ``z`` and the sender's backlog drains, without waiting for another write."""
@@ -586,11 +565,6 @@ def test_a_probe_that_skips_the_peers_own_delta_does_not_stall_the_stream() -> N
     assert c.engines["a"].backlog() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N4: the LEAVE check only looks at value() keys; a map delta with no entries and a"
-    " causal context covering another member's dots removes that member's entry",
-)
 def test_a_forged_leave_cannot_remove_another_members_entry() -> None:
     """protocol.md §4.5: a LEAVE speaks for its sender only. A LEAVE from ``b`` whose map delta
     removes ``c``'s ``left`` entry (no entry, just a covering context) changes nothing about
@@ -616,12 +590,6 @@ def test_a_forged_leave_cannot_remove_another_members_entry() -> None:
     assert _write_done(c, "a", h)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="D-N5: a running node re-announces itself stamped after whatever $members says about"
-    " it (Engine._join -> announcement), so a forged far-future entry drags its HLC beyond the"
-    " envelope bound and every peer refuses its messages from then on",
-)
 def test_a_forged_future_entry_about_a_node_does_not_lock_it_out() -> None:
     """One corrupted message must not cut a node off: a ``$members`` entry for ``a`` stamped
     far beyond any clock (from a peer's DELTA) does not make every later message of ``a``
