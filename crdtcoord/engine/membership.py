@@ -192,9 +192,7 @@ class Membership:
         except CrdtcoordError:
             return False
         after = after_state.value()
-        return all(
-            before.get(k) == after.get(k) for k in set(before) | set(after) if k != sender
-        )
+        return all(before.get(k) == after.get(k) for k in set(before) | set(after) if k != sender)
 
     def own_entry_stale(self, members: Any) -> bool:
         """Does ``$members`` misstate this running node (status not up, or another
