@@ -187,10 +187,11 @@ class Node:
         return host.close()
 
     async def _drain(self, deadline: float) -> None:
-        """Wait (until ``deadline``) for every delta to be acknowledged; timers keep running."""
+        """Wait (until ``deadline``) for every delta to be acknowledged and every repair owed
+        to be done; timers keep running."""
         assert self._host is not None
         engine = self._host.engine
-        while engine.backlog() and engine.peers() and self._now() < deadline:
+        while (engine.backlog() or engine.repairs()) and engine.peers() and self._now() < deadline:
             await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Node:

@@ -44,6 +44,7 @@ from crdtcoord import (
     PNCounter,
 )
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
+from crdtcoord.host import StorageError
 from crdtcoord.runtime.transport import NodePort
 from crdtcoord_http.auth import HEADER_ADDR, HEADER_SIGNATURE, AuthError
 
@@ -163,6 +164,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 return error(400, e.code, e.reason)
             except InvalidArgument as e:  # the node is starting or stopping
                 return error(503, "not_running", str(e), **{"Retry-After": "1"})
+            except StorageError as e:  # the disk failed: the node stopped taking writes
+                t.counters.refuse("storage_failed")
+                return error(503, "storage_failed", str(e), **{"Retry-After": "5"})
             t.heard_address(sender, request.headers.get(HEADER_ADDR))
             if not replies:
                 return web.Response(status=204)
