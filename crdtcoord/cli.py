@@ -51,8 +51,9 @@ See docs/operations.md.
 
 _CLIENT_EPILOG = """\
 The node is --node URL, else $CRDTCOORD_NODE, else http://127.0.0.1:7000. A token comes from
---token-file (its first token) or $CRDTCOORD_TOKEN. Exit status: 0 done, 1 refused or
-unreachable (the reason on stderr), 2 bad usage.
+--token-file (its first token) or $CRDTCOORD_TOKEN. An https node under mutual TLS needs
+--tls-ca, --tls-cert and --tls-key (or $CRDTCOORD_TLS_CA/_CERT/_KEY). Exit status: 0 done,
+1 refused or unreachable (the reason on stderr), 2 bad usage.
 """
 
 _INSPECT_DESCRIPTION = """\
@@ -171,6 +172,13 @@ def parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--node", metavar="URL", help="the node to ask")
         p.add_argument("--token-file", metavar="F", help="file holding a client token")
+        p.add_argument(
+            "--tls-ca", metavar="F", help="CA to verify an https node ($CRDTCOORD_TLS_CA)"
+        )
+        p.add_argument(
+            "--tls-cert", metavar="F", help="client certificate, mutual TLS ($CRDTCOORD_TLS_CERT)"
+        )
+        p.add_argument("--tls-key", metavar="F", help="its private key ($CRDTCOORD_TLS_KEY)")
         return p
 
     def mutation(p: argparse.ArgumentParser) -> None:
@@ -189,6 +197,9 @@ def parser() -> argparse.ArgumentParser:
     g = client("get", "print a key's value")
     g.add_argument("key")
     g.add_argument("--consistency", help="read from this many replicas first (e.g. majority)")
+    g.add_argument("--timeout", type=float, metavar="S", help="wait at most S seconds")
+    k = client("keys", "list the keys (under a prefix)")
+    k.add_argument("prefix", nargs="?", default="", help="key prefix (default: every key)")
     for name, what in (("inc", "increment"), ("dec", "decrement")):
         p = client(name, f"{what} a counter (a PN-counter is created if the key is missing)")
         p.add_argument("key")

@@ -198,6 +198,10 @@ class Engine:
         """Writes and reads waiting for their consistency level."""
         return len(self._requests)
 
+    def has_op_id(self, op_id: str) -> bool:
+        """Is ``op_id`` in the idempotency window (an update with it would not apply again)?"""
+        return op_id in self._op_ids
+
     def op_ids(self) -> list[str]:
         """The op ids in the idempotency window, oldest first."""
         return self._op_ids.ids()

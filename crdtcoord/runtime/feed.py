@@ -154,7 +154,13 @@ class ChangeFeed:
             oldest = self._log[0][0] if self._log else self._next + 1
             if seq is None:
                 error = self._compacted("the cursor is from another incarnation", prefix)
-            elif seq < min(oldest - 1, self._next) or seq < self._first:
+            elif seq < self._first:
+                error = self._compacted(
+                    "the node restarted after this cursor (changes from before a restart are not"
+                    " kept)",
+                    prefix,
+                )
+            elif seq < min(oldest - 1, self._next):
                 error = self._compacted("the node no longer keeps changes that old", prefix)
             else:
                 replay = [e for e in self._log if e[0] > seq and e[1].startswith(prefix)]

@@ -116,11 +116,15 @@ class Node:
         #: updates applied through this node's API (retries of an applied op id included)
         self.ops_applied = 0
         self._early_peers: list[str] = []
+        self.close_report = ""
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> Node:
-        """Open the storage, start the transport and the engine."""
+    async def start(self, *, wait_peers: float = 5.0) -> Node:
+        """Open the storage, start the transport and the engine, and wait (at most
+        ``wait_peers`` seconds) until the transport knows every configured peer's id — until
+        then a ``majority`` would be counted among the peers known so far. A peer that is down
+        does not block the start beyond that: it is reached when it comes up."""
         if self._host is not None:
             return self
         self._loop = asyncio.get_running_loop()
@@ -164,6 +168,9 @@ class Node:
         self._started_at = self._now()
         self._host.start(self._now())
         self._reschedule()
+        wait = getattr(self.transport, "wait_peers", None)
+        if wait is not None and wait_peers > 0:
+            await wait(wait_peers)
         return self
 
     async def close(self, *, drain: float = 2.0) -> bool:
@@ -177,6 +184,19 @@ class Node:
         host.flush()
         await self._drain(self._now() + drain * 0.25)
         self._closed = True
+        e = host.engine
+        left_over = []
+        if e.backlog():
+            lagging = [p["node"] for p in self.peer_status() if p["lag"] and not p["left"]]
+            left_over.append(
+                f"{e.backlog()} delta batch(es) not acknowledged by {', '.join(lagging) or '?'}"
+            )
+        if e.repairs():
+            left_over.append(f"a repair owed to {', '.join(e.repairs())}")
+        if e.pending_requests():
+            left_over.append(f"{e.pending_requests()} request(s) waiting for their level")
+        #: why the last close was not clean ("" if it was): the next start probes the peers
+        self.close_report = "; ".join(left_over)
         await self.transport.close()
         if self._timer is not None:
             self._timer.cancel()
@@ -328,28 +348,33 @@ class Node:
         consistency: Consistency = LOCAL,
         op_id: str | None = None,
         timeout: float | None = None,
-    ) -> None:
-        """Apply ``op`` to ``key`` (created with ``factory()``, by default the op's type)."""
+    ) -> bool:
+        """Apply ``op`` to ``key`` (created with ``factory()``, by default the op's type).
+        Returns False if ``op_id`` was already applied (nothing changed now; at a level above
+        LOCAL the call still waits for that level, as the original did)."""
         if self._host is None or self._closed:
             raise InvalidArgument("the node is not running")
         factory = factory or type(op).TYPE
         if consistency is LOCAL and op_id is None:
             self.apply_local(key, factory, op)
-            return
-        handle = self._host.engine.update(
+            return True
+        engine = self._host.engine
+        fresh = op_id is None or not engine.has_op_id(op_id)
+        handle = engine.update(
             key, factory, op, self._now(), consistency=consistency, op_id=op_id, timeout=timeout
         )
         self.ops_applied += 1
         if consistency is LOCAL:
             self._host.run()
             self._reschedule()
-            return
+            return fresh
         assert self._loop is not None
         fut: asyncio.Future[Event] = self._loop.create_future()
         self._waiting[handle] = fut
         self._host.run()
         self._reschedule()
         await fut
+        return fresh
 
     async def read(
         self, key: str, *, consistency: Consistency = LOCAL, timeout: float | None = None

@@ -16,6 +16,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -123,6 +124,43 @@ def test_a_token_file_holding_the_secret_is_refused(tmp_path: Path) -> None:
     f.write_text(SECRET.decode() + "\n")
     with pytest.raises(ConfigError, match="cluster secret"):
         TokenSet.load(f, secret=SECRET)
+
+
+async def test_start_returns_once_the_peers_given_by_url_are_known() -> None:
+    """Else a MAJORITY right after start would be counted among the peers known so far (1)."""
+    a = Node("a", transport=HttpTransport("127.0.0.1:0"), config=FAST)
+    await a.start()
+    b = Node("b", transport=HttpTransport("127.0.0.1:0", [url(a)]), config=FAST)
+    await b.start()
+    try:
+        assert b.engine.peers() == ["a"] and b.engine.member_count() == 2
+        await b.counter("c").inc(2, consistency=MAJORITY)
+        assert a.value("c") == 2
+    finally:
+        await b.close(drain=0.3)
+        await a.close(drain=0.3)
+
+
+async def test_a_watch_ends_with_disconnected_when_the_node_stops() -> None:
+    from crdtcoord_http import Client, ClientError
+
+    (a,) = await start_cluster(1, secret=None)
+    got: list[Any] = []
+
+    def follow() -> None:
+        try:
+            for ch in Client(url(a)).watch("k"):
+                got.append(ch)
+        except ClientError as e:
+            got.append(e.code)
+
+    task = asyncio.get_running_loop().run_in_executor(None, follow)
+    await asyncio.sleep(0.3)
+    await a.register("k").set(1)
+    await until(lambda: len(got) == 1)
+    await a.close(drain=0.1)
+    await asyncio.wait_for(task, 10)
+    assert got[0]["value"] == 1 and got[1] == "disconnected"
 
 
 async def test_a_taken_port_is_a_clear_error() -> None:
@@ -250,10 +288,19 @@ async def test_the_client_api_needs_a_token_and_applies_ops(
         async with session.get(base + f"/v1/status?token={TOKEN}") as r:
             assert r.status == 200 and (await r.json())["node"] == "n1"
         op = {"op": "inc", "n": 5, "op_id": "job-1", "consistency": "majority"}
-        for _ in range(3):  # a retried op id is applied once
+        for i in range(3):  # a retried op id is applied once, and the answer says so
             async with session.post(base + "/v1/keys/jobs", json=op, headers=auth) as r:
                 assert r.status == 200, await r.text()
-                assert (await r.json())["value"] == 5
+                got = await r.json()
+                assert (got["value"], got["applied"]) == (5, i == 0)
+        typo = {"op": "inc", "consitency": "majority"}
+        async with session.post(base + "/v1/keys/jobs", json=typo, headers=auth) as r:
+            assert r.status == 400 and (await r.json())["error"] == "unknown_field"
+        async with session.get(base + "/v1/nope", headers=auth) as r:
+            assert r.status == 404 and (await r.json())["error"] == "no_such_route"
+        async with session.delete(base + "/v1/keys/jobs", headers=auth) as r:
+            assert r.status == 405 and (await r.json())["error"] == "method_not_allowed"
+        assert nodes[0].value("jobs") == 5
         async with session.post(
             base + "/v1/keys/jobs", json={"op": "add", "element": "x"}, headers=auth
         ) as r:
@@ -274,6 +321,8 @@ async def test_the_client_api_needs_a_token_and_applies_ops(
             assert r.status == 200 and (await r.json())["value"] == 5
         async with session.get(base + "/v1/keys?prefix=a", headers=auth) as r:
             assert (await r.json())["keys"] == ["a/b"]
+        refused = nodes[0].transport.status()["refused"]
+        assert refused["no_token"] >= 1 and refused["bad_token"] >= 1
     finally:
         await stop(nodes)
 
@@ -429,8 +478,10 @@ async def test_mutual_tls_nodes_converge_and_a_foreign_certificate_is_refused(
     pki = make_pki(tmp_path)
     s1, c1 = contexts(pki, "n1")
     s2, c2 = contexts(pki, "n2")
+    toks = tokens(tmp_path)
+    tokfile = tmp_path / "tokens"
     a = Node("n1", transport=HttpTransport("127.0.0.1:0", secret=SECRET, ssl_server=s1,
-             ssl_client=c1), config=FAST)  # fmt: skip
+             ssl_client=c1, tokens=toks), config=FAST)  # fmt: skip
     await a.start()
     assert str(a.transport.url).startswith("https://")  # type: ignore[attr-defined]
     b = Node("n2", transport=HttpTransport("127.0.0.1:0", [url(a)], secret=SECRET, ssl_server=s2,
@@ -439,6 +490,20 @@ async def test_mutual_tls_nodes_converge_and_a_foreign_certificate_is_refused(
     try:
         await b.counter("c").inc(3)
         await until(lambda: a.value("c") == 3)
+        from crdtcoord_http import Client
+
+        loop = asyncio.get_running_loop()
+        tls = Client.tls(str(pki["ca"]), str(pki["n2"]), str(pki["n2_key"]))
+        health = await loop.run_in_executor(None, Client(url(a), ssl_context=tls).health)
+        assert health["node"] == "n1"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "crdtcoord", "get", "c", "--node", url(a),
+            "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["n2"]),
+            "--tls-key", str(pki["n2_key"]), "--token-file", str(tokfile),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(cli.communicate(), 30)
+        assert (cli.returncode, out.decode().strip()) == (0, "3"), err.decode()
         rogue = ssl.create_default_context(cafile=str(pki["ca"]))
         rogue.load_cert_chain(pki["rogue"], pki["rogue_key"])
         async with aiohttp.ClientSession() as s:

@@ -78,6 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     secret = load_secret(args.secret_file) if args.secret_file else None
+    if args.secret_file and os.stat(args.secret_file).st_mode & 0o077:
+        logging.getLogger("crdtcoord").warning(
+            "the secret file %s is readable by other users (chmod 600 it)", args.secret_file
+        )
     if args.secret_file is None and os.environ.get("CRDTCOORD_SECRET"):
         secret = os.environ["CRDTCOORD_SECRET"].encode()
     tokens = TokenSet.load(args.token_file, secret=secret) if args.token_file else None
@@ -124,7 +128,8 @@ async def _serve_until_signal(node: Any, args: argparse.Namespace) -> int:
     )
     await stop.wait()
     clean = await node.close()
-    print(f"crdtcoord serve: node {node.node_id} stopped ({'clean' if clean else 'unclean'})")
+    how = "clean" if clean else f"unclean: {node.close_report or 'see the log'}"
+    print(f"crdtcoord serve: node {node.node_id} stopped ({how})", flush=True)
     return 0
 
 
@@ -145,21 +150,36 @@ def _client(args: argparse.Namespace) -> Client:
         if not lines:
             raise ConfigError(f"{args.token_file} holds no token")
         token = lines[0].rpartition(":")[2].strip()
-    return Client(args.node or os.environ.get("CRDTCOORD_NODE") or DEFAULT_NODE, token)
+    ca = args.tls_ca or os.environ.get("CRDTCOORD_TLS_CA")
+    cert = args.tls_cert or os.environ.get("CRDTCOORD_TLS_CERT")
+    key = args.tls_key or os.environ.get("CRDTCOORD_TLS_KEY")
+    ctx = None
+    if ca or cert:
+        try:
+            ctx = Client.tls(ca, cert, key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(f"TLS: {e}") from None
+    url = args.node or os.environ.get("CRDTCOORD_NODE") or DEFAULT_NODE
+    return Client(url, token, ssl_context=ctx, timeout=getattr(args, "timeout", None) or 10.0)
 
 
-def _retrying(fn: Any, attempts: int = 4) -> Any:
+def _retrying(fn: Any, attempts: int = 4, op_id: str | None = None) -> Any:
     """Call ``fn``; on an unreachable or overloaded node, retry with backoff (mutations carry
-    an op id, so a retry never applies twice)."""
+    an op id, so a retry never applies twice). Errors get a hint for the user."""
     delay = 0.2
     for i in range(attempts):
         try:
             return fn()
         except ClientError as e:
-            if i == attempts - 1 or e.status not in (0, 429, 503):
-                raise
-            time.sleep(delay)
-            delay *= 2
+            if i < attempts - 1 and e.status in (0, 429, 503):
+                time.sleep(delay)
+                delay *= 2
+                continue
+            if e.code in ("no_token", "bad_token"):
+                e.args = (f"{e}; give a token with --token-file F or $CRDTCOORD_TOKEN",)
+            elif e.code == "consistency_timeout" and op_id:
+                e.args = (f"{e}\nto wait again without applying it twice: --op-id {op_id}",)
+            raise
     raise AssertionError("unreachable")
 
 
@@ -182,6 +202,10 @@ def _client_command(args: argparse.Namespace) -> int:
         out = _retrying(lambda: c.get(args.key, args.consistency))
         print(_show(out["value"]))
         return 0
+    if cmd == "keys":
+        for k in _retrying(lambda: c.keys(args.prefix)):
+            print(k)
+        return 0
     if cmd == "status":
         st = _retrying(c.status)
         if args.json:
@@ -202,28 +226,28 @@ def _client_command(args: argparse.Namespace) -> int:
     out = _retrying(
         lambda: c.op(
             args.key, cmd, consistency=args.consistency, op_id=op_id, timeout=args.timeout, **fields
-        )
+        ),
+        op_id=op_id,
     )
+    if out.get("applied") is False:
+        print(
+            f"crdtcoord {cmd}: op id {op_id} was already applied; nothing changed now",
+            file=sys.stderr,
+        )
     print(_show(out["value"]))
     return 0
 
 
 def _watch(c: Client, args: argparse.Namespace) -> int:
+    """Follow the feed; reconnect after the last cursor seen when the stream ends (unless
+    --once); a compaction prints the snapshot, then continues from the cursor it gives."""
     since = args.since
     delay = 0.2
     while True:
         try:
             for ch in c.watch(args.prefix, since, idle_timeout=None):
                 if ch.get("event") == "compacted":
-                    print(
-                        f"# compacted ({ch['reason']}); snapshot follows, resuming at"
-                        f" {ch['cursor']}",
-                        flush=True,
-                    )
-                    for k, v in ch["snapshot"].items():
-                        print(
-                            json.dumps({"key": k, "value": v}) if args.json else f"{k} = {_show(v)}"
-                        )
+                    _print_compacted(ch, args.json)
                     since = ch["cursor"]
                     break
                 since = ch["cursor"]
@@ -231,21 +255,28 @@ def _watch(c: Client, args: argparse.Namespace) -> int:
                     print(json.dumps(ch), flush=True)
                 else:
                     origin = ch["origin"] or "local"
-                    print(
-                        f"{ch['cursor']}  {ch['key']} = {_show(ch['value'])}  ({origin})",
-                        flush=True,
-                    )
+                    line = f"{ch['cursor']}  {ch['key']} = {_show(ch['value'])}  ({origin})"
+                    print(line, flush=True)
                 delay = 0.2
-            else:
-                return 0  # the node ended the stream (shutting down)
         except ClientError as e:
             if e.status != 0 or args.once:
+                if e.code == "disconnected" and args.once:
+                    return 0
                 raise
-            print(f"# {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            print(f"# {e}; reconnecting in {delay:.1f} s", file=sys.stderr, flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
         except KeyboardInterrupt:
             return 0
+
+
+def _print_compacted(ch: dict[str, Any], as_json: bool) -> None:
+    if as_json:  # (one JSON object per line, always)
+        print(json.dumps(ch), flush=True)
+        return
+    print(f"# compacted ({ch['reason']}); snapshot follows, resuming at {ch['cursor']}")
+    for k, v in ch["snapshot"].items():
+        print(f"{k} = {_show(v)}", flush=True)
 
 
 def format_status(st: dict[str, Any]) -> str:

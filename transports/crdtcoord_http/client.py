@@ -11,7 +11,9 @@ Example::
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,15 +37,40 @@ class ClientError(CrdtcoordError):
 
 
 class Client:
-    """Calls one node (``url``: ``http(s)://HOST:PORT``) with an optional bearer token."""
+    """Calls one node (``url``: ``http(s)://HOST:PORT``) with an optional bearer token.
 
-    def __init__(self, url: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+    ``ssl_context`` verifies an HTTPS node (and presents a client certificate under mutual
+    TLS); :meth:`tls` builds one from PEM files."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         url = url.rstrip("/")
         if not url.startswith(("http://", "https://")):
             url = "http://" + url
         self.url = url
         self.token = token
         self.timeout = timeout
+        self.ssl_context = ssl_context
+
+    @staticmethod
+    def tls(
+        ca: str | None = None, cert: str | None = None, key: str | None = None
+    ) -> ssl.SSLContext:
+        """An SSL context trusting ``ca`` (else the system's CAs) and presenting ``cert`` and
+        ``key`` (mutual TLS)."""
+        ctx = ssl.create_default_context(cafile=ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def _open(self, req: urllib.request.Request, timeout: float | None) -> Any:
+        return urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context)
 
     def _request(
         self, method: str, path: str, body: Any = None, *, timeout: float | None = None
@@ -55,7 +82,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+            with self._open(req, timeout or self.timeout) as r:
                 raw = r.read()
         except urllib.error.HTTPError as e:
             raise self._error(e) from None
@@ -122,7 +149,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            with self._open(req, self.timeout) as r:
                 text: str = r.read().decode()
                 return text
         except urllib.error.HTTPError as e:
@@ -135,7 +162,9 @@ class Client:
     ) -> Iterator[dict[str, Any]]:
         """Follow the change feed: each change as a dict (``key``, ``value``, ``origin``,
         ``cursor``); a ``{"event": "compacted", ...}`` dict if the node cannot continue from
-        ``since`` (resume from its ``cursor`` after using its ``snapshot``)."""
+        ``since`` (resume from its ``cursor`` after using its ``snapshot``). A stream that ends
+        (the node stops, the connection drops) raises :class:`ClientError` ``disconnected``:
+        resume with ``since`` = the last cursor seen."""
         params = {"prefix": prefix}
         if since:
             params["since"] = since
@@ -144,7 +173,7 @@ class Client:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            r = urllib.request.urlopen(req, timeout=idle_timeout)
+            r = self._open(req, idle_timeout)
         except urllib.error.HTTPError as e:
             raise self._error(e) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
@@ -152,7 +181,14 @@ class Client:
             raise ClientError(0, "unreachable", f"cannot reach {self.url}: {reason}") from None
         with r:
             event, data = "message", list[str]()
-            for raw in r:
+            while True:
+                try:
+                    raw = r.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise ClientError(0, "disconnected", f"{self.url}: stream cut: {e}") from None
+                if not raw:
+                    # the node ended the stream (it shuts down) or the connection dropped
+                    raise ClientError(0, "disconnected", f"{self.url} closed the stream")
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if not line:
                     if data:

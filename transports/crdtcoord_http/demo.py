@@ -248,7 +248,8 @@ def main(seed: int = 7, quick: bool = False) -> int:
     cluster = Cluster(3, root)
     phase_s = 2.0 if quick else 4.0
     console.print(
-        f"Starting 3 nodes (crdtcoord serve) on loopback; data dirs and logs in {root}",
+        f"Starting 3 nodes (crdtcoord serve) on loopback; data dirs and logs in {root}"
+        " (removed at the end unless the demo fails or CRDTCOORD_DEMO_KEEP=1)",
         highlight=False,
     )
     ok = False

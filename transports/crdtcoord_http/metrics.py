@@ -145,9 +145,10 @@ class Metrics:
         self.write_seconds = Histogram(
             "crdtcoord_storage_write_seconds",
             "Duration of one storage write (a group commit)",
+            labelnames=["node"],
             buckets=_WRITE_BUCKETS,
             registry=self.registry,
-        )
+        ).labels(node=node.node_id)
         node.write_observers.append(lambda n, s: self.write_seconds.observe(s))
 
     def render(self) -> tuple[bytes, str]:

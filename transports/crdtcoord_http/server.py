@@ -104,7 +104,25 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     lim = t.limits
     cfg = getattr(node, "config", None)
     max_body = lim.max_body or (int(getattr(cfg, "max_message_bytes", 1 << 20)) + 4096)
-    app = web.Application(client_max_size=max_body)
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Routing errors (404, 405) as JSON, like every other error."""
+        try:
+            resp: web.StreamResponse = await handler(request)
+            return resp
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            code = {404: "no_such_route", 405: "method_not_allowed"}.get(e.status, "http_error")
+            detail = e.text or e.reason
+            if e.status == 404:
+                detail = f"no route {request.path}; see docs/operations.md for the routes"
+            elif e.status == 405:
+                detail = f"{request.method} not allowed on {request.path}"
+            return error(e.status, code, detail)
+
+    app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[_TRANSPORT] = t
     watchers: set[web.StreamResponse] = set()
     buckets: dict[str, _Bucket] = {}
@@ -202,18 +220,21 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             token = request.query["token"]
         if t.tokens is None:
             if t.signer is not None:
+                t.counters.refuse("no_client_tokens")
                 return error(
                     401,
                     "no_client_tokens",
                     "this node has no client tokens: start it with --token-file",
                 )
             if not _remote_is_loopback(request):
+                t.counters.refuse("not_loopback")
                 return error(403, "not_loopback", "protected mode: loopback clients only")
             name = "local"
         else:
             try:
                 name = t.tokens.check(token)
             except AuthError as e:
+                t.counters.refuse(e.reason)
                 return error(401, e.reason, str(e), **{"WWW-Authenticate": "Bearer"})
         b = buckets.get(name)
         if b is None:
@@ -222,6 +243,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         b.level = min(lim.client_rate, b.level + (now - b.last) * lim.client_rate)
         b.last = now
         if b.level < 1:
+            t.counters.refuse("rate_limited")
             wait = max(1, math.ceil((1 - b.level) / lim.client_rate))
             return error(429, "rate_limited", "too many requests", **{"Retry-After": str(wait)})
         b.level -= 1
@@ -277,6 +299,11 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             return error(413, "too_large", "request body too large")
         if not isinstance(body, dict):
             return error(400, "bad_json", "the body must be a JSON object")
+        unknown = sorted(set(body) - _OP_FIELDS)
+        if unknown:  # (a misspelled "consistency" must not become a local write)
+            return error(
+                400, "unknown_field", f"unknown field(s) {unknown}; known: {sorted(_OP_FIELDS)}"
+            )
         try:
             op, factory = _op(n, key, body)
             level = Consistency.parse(body.get("consistency", "local"))
@@ -288,7 +315,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
             ):
                 raise InvalidArgument("timeout must be a positive number of seconds")
-            await n.apply(key, op, factory, consistency=level, op_id=op_id, timeout=timeout)
+            applied = await n.apply(
+                key, op, factory, consistency=level, op_id=op_id, timeout=timeout
+            )
         except IncompatibleMerge as e:
             return error(409, "wrong_type", str(e))
         except ConsistencyTimeout as e:
@@ -308,6 +337,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 "value": to_json(state.value()) if state is not None else None,
                 "op_id": body.get("op_id"),
                 "consistency": str(body.get("consistency", "local")),
+                # False: this op id was applied before; nothing changed now
+                "applied": applied,
             }
         )
 
@@ -393,6 +424,13 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     return app
 
 
+_OP_FIELDS = frozenset({"op", "n", "element", "value", "consistency", "op_id", "timeout"})
+
+
+def _a(name: str) -> str:
+    return ("an " if name[0] in "AEIOU" else "a ") + name
+
+
 def _pending_writes(node: NodePort) -> int:
     f = getattr(node, "pending_writes", None)
     return int(f()) if callable(f) else 0
@@ -413,7 +451,7 @@ def _op(n: Node, key: str, body: dict[str, Any]) -> tuple[Any, Any]:
             return GCounter.Increment(amount), GCounter
         if kind not in (None, PNCounter):
             raise IncompatibleMerge(
-                f"key {key!r} is a {kind.__name__}; {name} works on a PNCounter (or inc on a"
+                f"key {key!r} is {_a(kind.__name__)}; {name} works on a PNCounter (or inc on a"
                 " GCounter)"
             )
         op = PNCounter.Increment(amount) if name == "inc" else PNCounter.Decrement(amount)
@@ -423,14 +461,14 @@ def _op(n: Node, key: str, body: dict[str, Any]) -> tuple[Any, Any]:
             raise InvalidArgument(f"{name} needs an 'element'")
         element = body["element"]
         if kind not in (None, ORSet):
-            raise IncompatibleMerge(f"key {key!r} is a {kind.__name__}; {name} works on an ORSet")
+            raise IncompatibleMerge(f"key {key!r} is {_a(kind.__name__)}; {name} works on an ORSet")
         return (ORSet.Add(element) if name == "add" else ORSet.Remove(element)), ORSet
     if name == "set":
         if "value" not in body:
             raise InvalidArgument("set needs a 'value'")
         if kind not in (None, LWWRegister):
             raise IncompatibleMerge(
-                f"key {key!r} is a {kind.__name__}; set works on an LWWRegister"
+                f"key {key!r} is {_a(kind.__name__)}; set works on an LWWRegister"
             )
         return LWWRegister.Assign(body["value"]), LWWRegister
     raise InvalidArgument(f"unknown op {name!r}: use inc, dec, add, remove or set")

@@ -240,6 +240,7 @@ class HttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._resolving: dict[asyncio.Task[None], str] = {}
         self._capture: tuple[str, list[bytes]] | None = None
         self._inflight = 0
         self._closing = False
@@ -305,9 +306,25 @@ class HttpTransport:
             ),
             skip_auto_headers=("User-Agent",),
         )
-        for s in self._specs:
-            if s.node is None:
-                self._spawn(self._resolve(s))
+        self._resolving = {
+            asyncio.ensure_future(self._resolve(s)): s.url for s in self._specs if s.node is None
+        }
+        for t in self._resolving:
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def wait_peers(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until every peer given by URL has told its node id;
+        returns whether all did (a peer that is down is resolved later, in the background)."""
+        pending = [t for t in self._resolving if not t.done()]
+        if not pending:
+            return True
+        _, not_done = await asyncio.wait(pending, timeout=timeout)
+        for t in not_done:
+            log.warning(
+                "peer %s not reachable yet; still trying in the background", self._resolving[t]
+            )
+        return not not_done
 
     def send(self, peer: str, data: bytes, kind: Kind) -> None:
         cap = self._capture
@@ -510,13 +527,21 @@ class HttpTransport:
     async def _resolve(self, spec: PeerSpec) -> None:
         """Ask a peer given by URL for its node id (GET /v1/health), retrying with backoff."""
         delay = 0.1
+        failures = 0
         while not self._closing:
             try:
                 assert self._session is not None
                 async with self._session.get(spec.url + "/v1/health") as r:
                     info = await r.json(content_type=None) if r.status == 200 else None
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                    if r.status != 200:
+                        self._resolve_failed(spec, failures, f"HTTP {r.status}")
+            except aiohttp.ClientSSLError as e:
                 info = None
+                self._resolve_failed(spec, failures, f"TLS: {e}")
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                info = None
+                self._resolve_failed(spec, failures, str(e) or type(e).__name__)
+            failures += 1
             node = self._node
             if isinstance(info, dict) and isinstance(info.get("node"), str) and node is not None:
                 cluster = info.get("cluster")
@@ -539,6 +564,12 @@ class HttpTransport:
                     return  # a URL of this node itself
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
+
+    def _resolve_failed(self, spec: PeerSpec, failures: int, why: str) -> None:
+        """Log a peer that cannot be resolved: at the first failure and then every 20th (a
+        TLS or cluster misconfiguration must not be silent)."""
+        if failures % 20 == 0:
+            log.warning("cannot reach peer %s (attempt %d): %s", spec.url, failures + 1, why)
 
     # ------------------------------------------------------------------ receiving (server side)
 
