@@ -66,6 +66,8 @@ class Core:
         self._clock_ms = clock_ms
         self.hlc = HLC(self.physical_ms, max_offset=config.max_clock_offset_ms, strict=False)
         self.effects: list[Effect] = []
+        #: how many times the driver polled the effects (a generation for per-poll state)
+        self.polls = 0
         self.metrics: dict[str, int] = {}
         self._chunk_overhead = 0
 

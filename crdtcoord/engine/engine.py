@@ -26,6 +26,7 @@ them and wires the few places where one part's outcome is another's input.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -339,9 +340,11 @@ class Engine:
 
     def poll(self) -> list[Effect]:
         """Everything the driver must do or know, in order (persist before dependent sends)."""
-        effects = self._core.effects
+        core = self._core
+        effects = core.effects
         out = effects[:]
         effects.clear()  # (the list object stays: parts hold it)
+        core.polls += 1
         return out
 
     # ================================================================ local API
@@ -421,6 +424,7 @@ class Engine:
         self, key: str, required: int, consistency: Consistency, timeout: float | None
     ) -> int:
         core = self._core
+        _check_timeout(timeout)
         if required > 1:
             seq = self._propagation.flush()
             handle = self._requests.write(
@@ -457,6 +461,7 @@ class Engine:
         core.advance(now)
         check_key(key, internal=True)
         consistency = Consistency.parse(consistency)
+        _check_timeout(timeout)
         required = consistency.required(self.member_count())
         if required <= 1:
             handle = core.next_handle()
@@ -474,9 +479,12 @@ class Engine:
     def unsubscribe(self, sub: int) -> None:
         self._feed.unsubscribe(sub)
 
-    def report_all_changes(self, on: bool = True) -> None:
-        """Emit a :class:`Changed` event for every change, subscribed or not (change logs)."""
+    def report_all_changes(self, on: bool = True, *, coalesce: bool = False) -> None:
+        """Emit a :class:`Changed` event for every change, subscribed or not (change logs).
+        ``coalesce``: one event per key and origin between two :meth:`poll` calls, however many
+        times the key changed (a driver that batches, like the asyncio runtime)."""
         self._feed.all_changes = on
+        self._feed.coalesce = coalesce
 
     # ================================================================ receiving
 
@@ -629,6 +637,12 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"Engine({self.actor!r}, keys={len(self._store)}, peers={self.peer_count()})"
+
+
+def _check_timeout(timeout: object) -> None:
+    ok = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+    if timeout is not None and not (ok and math.isfinite(timeout) and timeout > 0):  # type: ignore[arg-type,operator]
+        raise InvalidArgument(f"timeout must be a positive finite number of seconds: {timeout!r}")
 
 
 def _factory(op: Update) -> Callable[[], CRDTBase]:

@@ -24,6 +24,10 @@ class Feed:
         self._all = False
         #: does any change produce an event? (read on every update: a plain attribute)
         self.active = False
+        #: report a key once per (origin, poll) instead of once per change (see changed())
+        self.coalesce = False
+        self._seen: set[tuple[str, str | None]] = set()
+        self._seen_gen = -1
 
     @property
     def all_changes(self) -> bool:
@@ -50,10 +54,27 @@ class Feed:
     def changed(self, key: str, origin: str | None) -> None:
         if not self.active:
             return
-        hits = tuple(
-            s
-            for s, (k, p) in self._subs.items()
-            if (k is None and p is None) or k == key or (p is not None and key.startswith(p))
+        subs = self._subs
+        hits = (
+            tuple(
+                s
+                for s, (k, p) in subs.items()
+                if (k is None and p is None) or k == key or (p is not None and key.startswith(p))
+            )
+            if subs
+            else ()
         )
         if hits or self._all:
+            if self.coalesce:
+                # one event per key and origin between two polls: a hot key updated 10,000
+                # times in one batching window is one change of that window, not 10,000 (the
+                # event says "changed"; its value is read when it is delivered)
+                core = self._core
+                if self._seen_gen != core.polls:
+                    self._seen.clear()
+                    self._seen_gen = core.polls
+                ko = (key, origin)
+                if ko in self._seen:
+                    return
+                self._seen.add(ko)
             self._core.emit(Changed(key, origin, hits))

@@ -229,6 +229,8 @@ class Host:
         return len(self._deferred)
 
     def _commit(self, batch: list[Persist], effects: list[Effect]) -> None:
+        if len(batch) > 1:
+            batch = coalesce(batch)
         events: list[Event] = [e for e in effects if not isinstance(e, Persist | Send)]
         meta = self._meta(events) if self._meta is not None else None
         if batch and not self._marked:  # from now on, a crash is not a clean shutdown
@@ -252,3 +254,37 @@ class Host:
 
     def __repr__(self) -> str:
         return f"Host({self.engine!r}, {type(self.storage).__name__})"
+
+
+def coalesce(batch: list[Persist]) -> list[Persist]:
+    """One ``Persist`` per key for a run of plain deltas (joined): a hot key updated 10,000
+    times in one batching window is one row, not 10,000. A ``Persist`` that replaces the state
+    or carries an op id is kept as it is, in its place (an op id is stored with exactly its
+    delta's write, and a replace must not absorb deltas written before it)."""
+    out: list[Persist | list[Persist]] = []
+    open_: dict[str, int] = {}  # key -> index in out of its run of plain deltas
+    for p in batch:
+        if p.replace or p.op_id is not None:
+            open_.pop(p.key, None)
+            out.append(p)
+            continue
+        i = open_.get(p.key)
+        if i is None:
+            open_[p.key] = len(out)
+            out.append([p])
+        else:
+            run = out[i]
+            assert isinstance(run, list)
+            run.append(p)
+    merged: list[Persist] = []
+    for x in out:
+        if isinstance(x, Persist):
+            merged.append(x)
+        elif len(x) == 1:
+            merged.append(x[0])
+        else:
+            last = x[-1]
+            # (join_all builds a fresh state: the deltas are shared with the delta buffer)
+            delta = type(last.delta).join_all([p.delta for p in x])
+            merged.append(Persist(last.key, delta, last.vv))
+    return merged

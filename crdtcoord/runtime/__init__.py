@@ -13,7 +13,7 @@ from crdtcoord.runtime.handles import (
     RegisterHandle,
     SetHandle,
 )
-from crdtcoord.runtime.node import Node, wall_ms
+from crdtcoord.runtime.node import Node, NotRunning, wall_ms
 from crdtcoord.runtime.transport import LocalNetwork, LocalTransport, NodePort, Transport
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "MapHandle",
     "Node",
     "NodePort",
+    "NotRunning",
     "PNCounterHandle",
     "RegisterHandle",
     "SetHandle",

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from crdtcoord._exceptions import InvalidArgument
+from crdtcoord._exceptions import CrdtcoordError, InvalidArgument
 from crdtcoord.engine import (
     LOCAL,
     MEMBERS_KEY,
@@ -58,7 +58,11 @@ from crdtcoord.runtime.handles import (
 from crdtcoord.runtime.transport import LocalNetwork, LocalTransport, Transport
 from crdtcoord.types import CRDTBase, Op
 
-__all__ = ["Node", "wall_ms"]
+__all__ = ["Node", "NotRunning", "wall_ms"]
+
+
+class NotRunning(CrdtcoordError):
+    """The node is not started yet, or is closing or closed: retry on another node, or later."""
 
 
 def wall_ms() -> int:
@@ -117,6 +121,7 @@ class Node:
         self.ops_applied = 0
         self._early_peers: list[str] = []
         self.close_report = ""
+        self._closing = False  # close() began: updates are refused
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,7 +158,7 @@ class Node:
             raise
         self._host.on_write = self._observe_write
         engine = self._host.engine
-        engine.report_all_changes()
+        engine.report_all_changes(coalesce=True)
         for p in self._early_peers:
             engine.add_peer(p)
         self._early_peers.clear()
@@ -174,9 +179,12 @@ class Node:
         return self
 
     async def close(self, *, drain: float = 2.0) -> bool:
-        """Graceful shutdown; returns whether it was clean (every delta acknowledged)."""
-        if self._closed or self._host is None:
+        """Graceful shutdown; returns whether it was clean (every delta acknowledged). From
+        the first moment the node refuses updates (:class:`NotRunning`): an update after its
+        LEAVE would announce it again."""
+        if self._closing or self._host is None:
             return False
+        self._closing = True
         host = self._host
         host.flush()
         await self._drain(self._now() + drain * 0.75)
@@ -250,7 +258,7 @@ class Node:
     def engine(self) -> Engine:
         """The engine (for inspection; mutate through handles or :meth:`apply`)."""
         if self._host is None:
-            raise InvalidArgument("the node is not started")
+            raise NotRunning("the node is not started")
         return self._host.engine
 
     @property
@@ -276,7 +284,7 @@ class Node:
         :class:`~crdtcoord.ProtocolError` and changes nothing."""
         host = self._host
         if host is None or self._closed:
-            raise InvalidArgument("the node is not running")
+            raise NotRunning("the node is not running")
         sender = host.receive(data, self._now())
         self._contact[sender] = self._now()
         self._reschedule()
@@ -329,8 +337,8 @@ class Node:
         """Apply an update at LOCAL consistency, now (no suspension): the fast path of the
         handles. Durable within one batching window; the timer writes and sends it."""
         host = self._host
-        if host is None or self._closed:
-            raise InvalidArgument("the node is not running")
+        if host is None or self._closing:
+            raise NotRunning("the node is not running" if host is None else "the node is closing")
         now = self._mono() - self._t0
         host.engine.update(key, factory, op, now)
         self.ops_applied += 1
@@ -352,8 +360,10 @@ class Node:
         """Apply ``op`` to ``key`` (created with ``factory()``, by default the op's type).
         Returns False if ``op_id`` was already applied (nothing changed now; at a level above
         LOCAL the call still waits for that level, as the original did)."""
-        if self._host is None or self._closed:
-            raise InvalidArgument("the node is not running")
+        if self._host is None or self._closing:
+            raise NotRunning(
+                "the node is not running" if self._host is None else "the node is closing"
+            )
         factory = factory or type(op).TYPE
         if consistency is LOCAL and op_id is None:
             self.apply_local(key, factory, op)
@@ -381,7 +391,7 @@ class Node:
     ) -> Any:
         """The value of ``key`` after joining the replies of ``consistency`` replicas."""
         if self._host is None or self._closed:
-            raise InvalidArgument("the node is not running")
+            raise NotRunning("the node is not running")
         assert self._loop is not None
         handle = self._host.engine.read(key, self._now(), consistency=consistency, timeout=timeout)
         fut: asyncio.Future[Event] = self._loop.create_future()
@@ -446,7 +456,7 @@ class Node:
         no longer can, with a snapshot). Registered at once: a change made right after this
         call is delivered; close it (or use ``async with``) when done."""
         if self._feed is None:
-            raise InvalidArgument("the node is not started")
+            raise NotRunning("the node is not started")
         return self._feed.subscribe(prefix, since)
 
     def feed_lag(self) -> int:
@@ -457,7 +467,7 @@ class Node:
     def cursor(self) -> str:
         """The feed cursor of the latest change."""
         if self._feed is None:
-            raise InvalidArgument("the node is not started")
+            raise NotRunning("the node is not started")
         return self._feed.cursor
 
     # ------------------------------------------------------------------ status

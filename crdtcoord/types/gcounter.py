@@ -65,7 +65,7 @@ class GCounter(CRDTBase):
         FIELDS = ("amount",)
 
         def apply(self, state: GCounter, ctx: UpdateContext) -> GCounter:
-            return state.increment(ctx.replica, self.n)
+            return state._add(ctx.replica, self.n)  # (both already validated)
 
     OPS = (Increment,)
 
@@ -87,12 +87,17 @@ class GCounter(CRDTBase):
         """Add ``n >= 0`` on behalf of ``replica``; returns the delta."""
         check_replica(replica)
         check_amount(n)
+        return self._add(replica, n)
+
+    def _add(self, replica: str, n: int) -> GCounter:
+        """:meth:`increment` with arguments already validated (an op's): the hot path."""
         new = _bump(self._c, replica, n, "count")
         delta = GCounter()
         if new:
+            self._c[replica] = new
+            self._total += n
             delta._c[replica] = new
             delta._total = new
-        self.merge(delta)
         return delta
 
     @classmethod

@@ -32,7 +32,7 @@ class PNCounter(CRDTBase):
         FIELDS = ("amount",)
 
         def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
-            return state.increment(ctx.replica, self.n)
+            return state._add(ctx.replica, self.n, True)  # (both already validated)
 
     @dataclass(frozen=True, slots=True)
     class Decrement(Op):
@@ -42,7 +42,7 @@ class PNCounter(CRDTBase):
         FIELDS = ("amount",)
 
         def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
-            return state.decrement(ctx.replica, self.n)
+            return state._add(ctx.replica, self.n, False)  # (both already validated)
 
     OPS = (Increment, Decrement)
 
@@ -68,17 +68,23 @@ class PNCounter(CRDTBase):
     def _step(self, replica: str, n: int, *, positive: bool) -> PNCounter:
         check_replica(replica)
         check_amount(n)
+        return self._add(replica, n, positive)
+
+    def _add(self, replica: str, n: int, positive: bool) -> PNCounter:
+        """Increment or decrement with arguments already validated (an op's): the hot path."""
         side = self._p if positive else self._n
         new = _bump(side, replica, n, "increments" if positive else "decrements")
         delta = PNCounter()
         if new:
+            side[replica] = new
             if positive:
+                self._value += n
                 delta._p[replica] = new
                 delta._value = new
             else:
+                self._value -= n
                 delta._n[replica] = new
                 delta._value = -new
-        self.merge(delta)
         return delta
 
     @classmethod

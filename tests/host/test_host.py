@@ -62,7 +62,37 @@ def test_deferred_mode_groups_the_writes_of_many_updates() -> None:
     assert timeline == [] and h.pending_writes() == 100  # applied in memory, not written yet
     assert h.engine.value("k") == 100
     h.tick(0.01)  # the batching window passed: one write, then the changes, then the delta
-    assert timeline == ["write 100", *["event Changed"] * 100, "send DELTA"]
+    # (one row: the 100 deltas of one key are joined before they are written)
+    assert timeline == ["write 1", *["event Changed"] * 100, "send DELTA"]
+    snap = h.storage.open("a")
+    assert snap is not None and snap.states["k"].value() == 100
+
+
+def test_coalescing_keeps_op_ids_and_replacements_in_place() -> None:
+    from crdtcoord.engine import Persist
+    from crdtcoord.host.host import coalesce
+
+    def inc(n: int) -> GCounter:
+        c = GCounter()
+        c.increment("a/1", n)
+        return c
+
+    batch = [
+        Persist("k", inc(1)),
+        Persist("j", inc(5)),
+        Persist("k", inc(2)),
+        Persist("k", inc(3), op_id="op-1"),
+        Persist("k", inc(4)),
+        Persist("k", inc(6)),
+    ]
+    out = coalesce(batch)
+    assert [(p.key, p.delta.value(), p.op_id) for p in out] == [
+        ("k", 2, None),
+        ("j", 5, None),
+        ("k", 3, "op-1"),
+        ("k", 6, None),
+    ]
+    assert batch[0].delta.value() == 1  # the deltas themselves are not mutated
 
 
 def test_deferred_writes_without_peers_are_flushed_by_the_tick() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from crdtcoord import CrdtcoordError
 from crdtcoord_http.auth import ConfigError, TokenSet, load_secret
 from crdtcoord_http.client import Client, ClientError
+from crdtcoord_http.transport import PeerSpec
 
 __all__ = ["run"]
 
@@ -140,16 +141,13 @@ def _client(args: argparse.Namespace) -> Client:
     token = os.environ.get("CRDTCOORD_TOKEN")
     if args.token_file:
         try:
-            lines = [
-                ln.strip()
-                for ln in Path(args.token_file).read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")
-            ]
+            text = Path(args.token_file).read_text()
         except OSError as e:
             raise ConfigError(f"cannot read {args.token_file}: {e.strerror}") from None
-        if not lines:
+        found = TokenSet.parse(text, args.token_file)  # (the server's own reading of the file)
+        if not found:
             raise ConfigError(f"{args.token_file} holds no token")
-        token = lines[0].rpartition(":")[2].strip()
+        token = found[0][1]
     ca = args.tls_ca or os.environ.get("CRDTCOORD_TLS_CA")
     cert = args.tls_cert or os.environ.get("CRDTCOORD_TLS_CERT")
     key = args.tls_key or os.environ.get("CRDTCOORD_TLS_KEY")
@@ -160,6 +158,10 @@ def _client(args: argparse.Namespace) -> Client:
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(f"TLS: {e}") from None
     url = args.node or os.environ.get("CRDTCOORD_NODE") or DEFAULT_NODE
+    try:
+        PeerSpec.parse(url if "://" in url else "http://" + url)
+    except ConfigError:
+        raise ConfigError(f"--node {url!r}: expected http(s)://HOST:PORT") from None
     return Client(url, token, ssl_context=ctx, timeout=getattr(args, "timeout", None) or 10.0)
 
 

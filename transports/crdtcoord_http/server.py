@@ -31,6 +31,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from aiohttp import web
 
 from crdtcoord import (
@@ -45,8 +46,9 @@ from crdtcoord import (
 )
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
 from crdtcoord.host import StorageError
+from crdtcoord.runtime.node import NotRunning
 from crdtcoord.runtime.transport import NodePort
-from crdtcoord_http.auth import HEADER_ADDR, HEADER_SIGNATURE, AuthError
+from crdtcoord_http.auth import HEADER_ADDR, HEADER_SIGNATURE, HEADER_TO, AuthError
 
 if TYPE_CHECKING:
     from crdtcoord.runtime import Node
@@ -124,7 +126,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
 
     app = web.Application(client_max_size=max_body, middlewares=[json_errors])
     app[_TRANSPORT] = t
-    watchers: set[web.StreamResponse] = set()
+    watchers: dict[web.StreamResponse, web.Request] = {}
     buckets: dict[str, _Bucket] = {}
     full = node if hasattr(node, "status") and hasattr(node, "apply") else None
 
@@ -151,36 +153,49 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         if length is not None and length > max_body:
             t.counters.refuse("too_large")
             return error(413, "too_large", f"body of {length} bytes; the limit is {max_body}")
-        if t._inflight >= lim.max_inflight:
-            t.counters.refuse("overloaded")
-            return error(503, "overloaded", "too many requests in flight", **{"Retry-After": "1"})
         pending = _pending_writes(node)
         if pending > lim.max_pending_writes:
             t.counters.refuse("storage_behind")
             return error(503, "storage_behind", "the disk is behind", **{"Retry-After": "1"})
+        try:
+            # (bounded: a body that trickles in must not hold the connection for long)
+            body = await asyncio.wait_for(request.read(), lim.request_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            t.counters.refuse("too_large")
+            return error(413, "too_large", f"the limit is {max_body} bytes")
+        except TimeoutError:
+            t.counters.refuse("slow_body")
+            return error(408, "slow_body", f"the body took over {lim.request_timeout} s")
+        if parts is not None:
+            assert t.signer is not None
+            try:
+                t.signer.verify_request(
+                    "POST",
+                    request.path,
+                    parts,
+                    body,
+                    me=node.node_id,
+                    to=request.headers.get(HEADER_TO),
+                    addr=request.headers.get(HEADER_ADDR),
+                )
+            except AuthError as e:
+                t.counters.refuse(e.reason)
+                return error(401, e.reason, str(e))
+        if not body:
+            t.counters.refuse("malformed")
+            return error(400, "malformed", "empty body")
+        # only authenticated, complete requests take a processing slot
+        if t._inflight >= lim.max_inflight:
+            t.counters.refuse("overloaded")
+            return error(503, "overloaded", "too many requests in flight", **{"Retry-After": "1"})
         t._inflight += 1
         try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                t.counters.refuse("too_large")
-                return error(413, "too_large", f"the limit is {max_body} bytes")
-            if parts is not None:
-                assert t.signer is not None
-                try:
-                    t.signer.verify_request("POST", request.path, parts, body)
-                except AuthError as e:
-                    t.counters.refuse(e.reason)
-                    return error(401, e.reason, str(e))
-            if not body:
-                t.counters.refuse("malformed")
-                return error(400, "malformed", "empty body")
             try:
                 replies = t.take(sender, body)
             except ProtocolError as e:
                 t.counters.refuse(e.code)
                 return error(400, e.code, e.reason)
-            except InvalidArgument as e:  # the node is starting or stopping
+            except (InvalidArgument, NotRunning) as e:  # the node is starting or stopping
                 return error(503, "not_running", str(e), **{"Retry-After": "1"})
             except StorageError as e:  # the disk failed: the node stopped taking writes
                 t.counters.refuse("storage_failed")
@@ -188,8 +203,6 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             t.heard_address(sender, request.headers.get(HEADER_ADDR))
             if not replies:
                 return web.Response(status=204)
-            import msgpack
-
             out = msgpack.packb(replies, use_bin_type=True)
             headers = {"Content-Type": "application/x-msgpack"}
             if t.signer is not None and parts is not None:
@@ -278,6 +291,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 state = n.state(key)
         except ConsistencyTimeout as e:
             return error(504, "consistency_timeout", str(e))
+        except NotRunning as e:
+            return error(503, "not_running", str(e), **{"Retry-After": "1"})
         except CrdtcoordError as e:
             return error(400, "bad_request", str(e))
         if state is None or key.startswith("$"):
@@ -293,7 +308,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         key = request.match_info["key"]
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return error(400, "bad_json", "the body must be a JSON object")
         except web.HTTPRequestEntityTooLarge:
             return error(413, "too_large", "request body too large")
@@ -312,7 +327,10 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 raise InvalidArgument("op_id must be a string")
             timeout = body.get("timeout")
             if timeout is not None and (
-                not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+                not isinstance(timeout, int | float)
+                or isinstance(timeout, bool)
+                or not math.isfinite(timeout)
+                or timeout <= 0
             ):
                 raise InvalidArgument("timeout must be a positive number of seconds")
             applied = await n.apply(
@@ -320,6 +338,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             )
         except IncompatibleMerge as e:
             return error(409, "wrong_type", str(e))
+        except NotRunning as e:
+            return error(503, "not_running", str(e), **{"Retry-After": "1"})
         except ConsistencyTimeout as e:
             return error(
                 504,
@@ -342,6 +362,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             }
         )
 
+    async def send(resp: web.StreamResponse, data: bytes) -> None:
+        await asyncio.wait_for(resp.write(data), 10.0)
+
     async def watch(request: web.Request) -> web.StreamResponse:
         if (denied := client_auth(request)) is not None:
             return denied
@@ -362,21 +385,21 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             }
         )
         await resp.prepare(request)
-        watchers.add(resp)
+        watchers[resp] = request
         from crdtcoord.runtime import Compacted
 
         try:
-            await resp.write(f": watching {prefix!r} from {since or 'now'}\n\n".encode())
+            await send(resp, f": watching {prefix!r} from {since or 'now'}\n\n".encode())
             it = sub.__aiter__()
             while not t._closing:
                 try:
                     ch = await asyncio.wait_for(it.__anext__(), 15.0)
                 except TimeoutError:
-                    await resp.write(b": ping\n\n")  # (finds a gone client; keeps proxies open)
+                    await send(resp, b": ping\n\n")  # (finds a gone client; keeps proxies open)
                     continue
                 except Compacted as c:
                     data = {"reason": str(c), "cursor": c.cursor, "snapshot": to_json(c.snapshot)}
-                    await resp.write(f"event: compacted\ndata: {json.dumps(data)}\n\n".encode())
+                    await send(resp, f"event: compacted\ndata: {json.dumps(data)}\n\n".encode())
                     break
                 data = {
                     "key": ch.key,
@@ -384,12 +407,12 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                     "origin": ch.origin,
                     "cursor": ch.cursor,
                 }
-                await resp.write(f"id: {ch.cursor}\ndata: {json.dumps(data)}\n\n".encode())
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+                await send(resp, f"id: {ch.cursor}\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            pass  # (a client that stops reading for 10 s is dropped)
         finally:
             sub.close()
-            watchers.discard(resp)
+            watchers.pop(resp, None)
         return resp
 
     async def status(request: web.Request) -> web.Response:
@@ -408,9 +431,12 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def on_shutdown(app: web.Application) -> None:
-        for resp in list(watchers):  # (open streams would delay shutdown)
+        for resp, req in list(watchers.items()):  # (open streams would delay shutdown)
             with contextlib.suppress(Exception):
-                await resp.write_eof()
+                # a client that stopped reading has a full socket: do not wait for it
+                await asyncio.wait_for(resp.write_eof(), 0.5)
+            if req.transport is not None:
+                req.transport.close()
 
     app.on_shutdown.append(on_shutdown)
     app.router.add_get("/v1/health", health)
@@ -418,7 +444,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     app.router.add_get("/v1/keys", keys)
     app.router.add_get("/v1/keys/{key:.+}", get_key)
     app.router.add_post("/v1/keys/{key:.+}", post_key)
-    app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/watch", watch, allow_head=False)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", metrics)
     return app

@@ -108,8 +108,12 @@ class PeerSpec:
         if not sep:
             node, url = "", spec
         url = url.rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:  # a port out of range, a bad IPv6 literal
+            raise ConfigError(f"peer {spec!r}: {e}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port:
             raise ConfigError(
                 f"peer {spec!r}: expected http(s)://HOST:PORT or ID=http(s)://HOST:PORT"
             )
@@ -228,7 +232,14 @@ class HttpTransport:
             advertise_host: str | None = None  # decided at start (needs the port)
         else:
             advertise_host = self.host
-        self._advertise = advertise.rstrip("/") if advertise else None
+        if advertise is not None:
+            try:
+                advertise = PeerSpec.parse(advertise).url
+            except ConfigError:
+                raise ConfigError(
+                    f"--advertise {advertise!r}: expected http(s)://HOST:PORT"
+                ) from None
+        self._advertise = advertise
         self._advertise_host = advertise_host
         self._scheme = scheme
         self._node: NodePort | None = None
@@ -248,6 +259,7 @@ class HttpTransport:
         self.metrics: Metrics | None = None
         self._want_metrics = metrics
         self.url: str | None = None  # this node's URL once listening
+        self._max_reply = 64 * 1024 * 1024  # reply bodies read at most (set at start)
 
     # ------------------------------------------------------------------ Transport protocol
 
@@ -263,6 +275,8 @@ class HttpTransport:
 
         self._node = node
         lim = self.limits
+        cfg = getattr(node, "config", None)
+        self._max_reply = 4 * (int(getattr(cfg, "max_message_bytes", 1 << 20)) + 4096)
         if self._want_metrics and hasattr(node, "write_observers"):
             from crdtcoord_http.metrics import Metrics
 
@@ -344,8 +358,8 @@ class HttpTransport:
         link.wake.set()
 
     def learn(self, peer: str, address: str) -> None:
-        """Record ``peer``'s URL (from ``$members`` or a signed request header)."""
-        if not isinstance(address, str) or peer == self._node_id():
+        """Record ``peer``'s URL (from ``$members``, where the peer advertised it itself)."""
+        if not isinstance(address, str) or not isinstance(peer, str) or peer == self._node_id():
             return
         try:
             url = PeerSpec.parse(address).url
@@ -440,7 +454,14 @@ class HttpTransport:
                 await asyncio.sleep(wait)
                 continue
             data, kind, attempt = link.queue.popleft()
-            ok = await self._post(link, data)
+            try:
+                ok = await self._post(link, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a worker must survive anything a peer can send back
+                log.warning("sending to %s failed unexpectedly: %r", link.node, e)
+                self.counters.refuse("send_exception")
+                ok = None
             if ok is None:  # connection-level failure: back off, retry a bounded number of times
                 link.failures += 1
                 self.counters.send_errors += 1
@@ -460,16 +481,25 @@ class HttpTransport:
         if session is None or node is None or link.url is None:
             return None
         headers = {"Content-Type": MSGPACK}
-        if self.url is not None:
-            headers[HEADER_ADDR] = self._advertise or self.url
+        addr = self._advertise or self.url or ""
         if self.signer is not None:
-            headers.update(self.signer.sign_request("POST", MESSAGES_PATH, node.node_id, data))
+            headers.update(
+                self.signer.sign_request(
+                    "POST", MESSAGES_PATH, node.node_id, data, to=link.node, addr=addr
+                )
+            )
         else:
             headers[HEADER_NODE] = node.node_id
+            if addr:
+                headers[HEADER_ADDR] = addr
         try:
             payload: Any = data if len(data) <= 1 << 20 else io.BytesIO(data)  # (aiohttp warns)
             async with session.post(link.url + MESSAGES_PATH, data=payload, headers=headers) as r:
-                body = await r.read()
+                if (r.content_length or 0) > self._max_reply:
+                    raise aiohttp.ClientPayloadError("reply body over the limit")
+                body = await r.content.read(self._max_reply + 1)
+                if len(body) > self._max_reply:
+                    raise aiohttp.ClientPayloadError("reply body over the limit")
                 status = r.status
                 retry_after = r.headers.get("Retry-After")
                 sig = r.headers.get(HEADER_SIGNATURE)
@@ -590,10 +620,14 @@ class HttpTransport:
         return replies
 
     def heard_address(self, node: str, addr: str | None) -> None:
-        """A signed request names its sender's URL: learn it and add the sender as a peer."""
-        if not addr or node == self._node_id() or self._node is None:
+        """A request names its sender's URL (signed, with a secret): learn it if the sender is
+        new, and add it as a peer. A known URL is changed only by the sender's own ``$members``
+        entry, never by a header."""
+        if not addr or node == self._node_id() or self._node is None or node in self._urls:
             return
-        known = node in self._urls
-        self.learn(node, addr)
-        if not known and node in self._urls:
-            self._node.add_peer(node)
+        try:
+            self.learn(node, addr)
+            if node in self._urls:
+                self._node.add_peer(node)
+        except Exception as e:  # (the message was applied: never a 5xx for what follows)
+            log.warning("address %r of %s not learned: %r", addr, node, e)
