@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import logging
 import random
 import socket
@@ -43,6 +42,7 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
+from crdtcoord._net import is_loopback
 from crdtcoord.engine import Kind, ProtocolError
 from crdtcoord.runtime.transport import NodePort
 from crdtcoord_http.auth import (
@@ -133,16 +133,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if p > 65535:
         raise ConfigError(f"--listen {listen!r}: port out of range")
     return host, p
-
-
-def is_loopback(host: str) -> bool:
-    """Is ``host`` a loopback address (127.0.0.0/8, ::1, or the name localhost)?"""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Link:
