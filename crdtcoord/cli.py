@@ -165,6 +165,21 @@ def parser() -> argparse.ArgumentParser:
         help="seconds of silence after which a peer is shown as suspected (default 5)",
     )
     sv.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    sv.add_argument(
+        "--consensus",
+        metavar="KIND",
+        help="local (one node), raft (embedded among the nodes) or etcd://HOST:PORT[,...]:"
+        " decides conflicts and grants strong leases (default: none)",
+    )
+    sv.add_argument(
+        "--raft-listen", metavar="HOST:PORT", help="Raft address (default: HTTP port + 1000)"
+    )
+    sv.add_argument(
+        "--raft-peer",
+        action="append",
+        metavar="HOST:PORT",
+        help="a peer's Raft address (default: from --peer, port + 1000); repeat",
+    )
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
@@ -216,6 +231,16 @@ def parser() -> argparse.ArgumentParser:
     mutation(p)
     st = client("status", "show a node's peers, lag, keys and repairs")
     st.add_argument("--json", action="store_true", help="print the raw JSON")
+    ls = client("lease", "acquire, release or show a lease (fencing tokens)")
+    ls.add_argument("action", choices=("acquire", "release", "show"))
+    ls.add_argument("name", help="the lease's name")
+    ls.add_argument("--holder", help="who holds it (acquire, release)")
+    ls.add_argument("--ttl", type=float, default=10.0, metavar="SECONDS", help="term (default 10)")
+    ls.add_argument(
+        "--mode",
+        choices=("strong", "optimistic"),
+        help="strong: consensus first (default with --consensus); optimistic: local claim",
+    )
     w = client("watch", "follow the change feed of keys under a prefix")
     w.add_argument("prefix", nargs="?", default="", help="key prefix (default: every key)")
     w.add_argument("--since", metavar="CURSOR", help="resume after this cursor")

@@ -34,12 +34,17 @@ def check_lease_args(name: str, holder: str, ttl_ms: int) -> None:
 
 
 class LocalConsensus:
-    """Leases and decisions in this process's memory (``clock``: monotonic seconds)."""
+    """Leases and decisions in this process's memory (``clock``: monotonic seconds).
+    ``shared=True`` declares that every node using it runs in this process and shares this one
+    instance (an in-process cluster: tests, notebooks); otherwise a node with peers refuses it."""
 
     kind = "local"
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, shared: bool = False
+    ) -> None:
         self._clock = clock
+        self.shared = shared
         self._leases: dict[str, _Lease] = {}
         self._decisions: dict[str, bytes] = {}
         self.calls = 0

@@ -19,6 +19,7 @@ from crdtcoord.engine.engine import Engine
 from crdtcoord.engine.membership import MEMBERS_KEY
 from crdtcoord.engine.messages import PROTOCOL_VERSION, Kind, ProtocolError
 from crdtcoord.engine.propagation import PeerStream
+from crdtcoord.engine.store import expiring_key, key_expiry
 from crdtcoord.engine.tree import FANOUT, LEAF_MAX, MAX_LEVEL
 from crdtcoord.types import UpdateContext
 
@@ -51,4 +52,6 @@ __all__ = [
     "UpdateContext",
     "WriteDone",
     "at_least",
+    "expiring_key",
+    "key_expiry",
 ]

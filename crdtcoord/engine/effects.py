@@ -54,6 +54,9 @@ class Persist(NamedTuple):
     vv: VersionVector | None = None
     replace: bool = False
     op_id: str | None = None
+    #: the key expired (see :func:`crdtcoord.engine.expiring_key`): delete it and its version
+    #: vector (``delta`` is its last state, for the record)
+    delete: bool = False
 
 
 @dataclass(frozen=True, slots=True)

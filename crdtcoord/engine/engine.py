@@ -627,12 +627,21 @@ class Engine:
             self.start(now)
         for part in self._timed:
             part.tick(now)
+        store = self._store
+        exp = store.next_expiry()
+        if exp is not None and exp <= self._core.physical_ms():
+            for key in store.expire():
+                self._feed.changed(key, None)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has work to do (None: only when a message or update arrives)."""
         if not self._started:
             return self._core.now
         ds = [d for part in self._timed if (d := part.next_deadline()) is not None]
+        exp = self._store.next_expiry()
+        if exp is not None:
+            core = self._core
+            ds.append(core.now + max(0.0, (exp - core.physical_ms()) / 1000))
         return min(ds) if ds else None
 
     def __repr__(self) -> str:

@@ -12,6 +12,7 @@ the type's parameters — on every replica, which keeps the store a join.
 from __future__ import annotations
 
 import functools
+import heapq
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -65,6 +66,29 @@ def check_key(key: object, *, internal: bool = False) -> str:
     return key
 
 
+#: Keys named ``~<expiry ms>~<name>`` expire (see :func:`expiring_key`).
+EXPIRY_MARK = "~"
+
+
+def expiring_key(name: str, expires_ms: int) -> str:
+    """A key that every replica deletes once its clock passes ``expires_ms`` (wall ms), and
+    whose updates are refused from then on — garbage collection by a rule every replica applies
+    alike, so deleting it never breaks convergence (``docs/coordination.md``)."""
+    if type(expires_ms) is not int or not 0 <= expires_ms < 10**15:
+        raise InvalidArgument("expires_ms is a wall-clock time in integer milliseconds")
+    return f"{EXPIRY_MARK}{expires_ms}{EXPIRY_MARK}{name}"
+
+
+def key_expiry(key: str) -> int | None:
+    """The expiry (wall ms) a key's name carries, or None."""
+    if not key.startswith(EXPIRY_MARK):
+        return None
+    digits, sep, _ = key[1:].partition(EXPIRY_MARK)
+    if not sep or not digits.isascii() or not digits.isdigit() or len(digits) > 15:
+        return None
+    return int(digits)
+
+
 class Store:
     """States, version vectors and the digest tree of one replica."""
 
@@ -79,6 +103,7 @@ class Store:
         self._dirty = self.index.dirty
         self._update_ctx = UpdateContext(core.actor, core.hlc)
         self._effects = core.effects  # (the same list for the engine's life: poll() drains it)
+        self._expiring: list[tuple[int, str]] = []  # heap of (expiry ms, key)
 
     def load(self, states: Mapping[str, CRDTBase], versions: Mapping[str, VersionVector]) -> None:
         """Take ownership of restored states (from storage) before the engine starts."""
@@ -86,8 +111,41 @@ class Store:
             check_key(k, internal=True)
             self._states[k] = v
             self.index.touch(k)
+            self._track_expiry(k)
         for k, vv in versions.items():
             self._vv[k] = vv
+
+    def _track_expiry(self, key: str) -> None:
+        if key[0] == EXPIRY_MARK:
+            exp = key_expiry(key)
+            if exp is not None:
+                heapq.heappush(self._expiring, (exp, key))
+
+    def expired(self, key: str) -> bool:
+        exp = key_expiry(key) if key[0] == EXPIRY_MARK else None
+        return exp is not None and exp <= self._core.physical_ms()
+
+    def next_expiry(self) -> int | None:
+        """The earliest expiry (wall ms) of a key held, if any."""
+        return self._expiring[0][0] if self._expiring else None
+
+    def expire(self) -> list[str]:
+        """Delete every key whose expiry passed (persisted as a delete); returns them."""
+        now = self._core.physical_ms()
+        out = []
+        heap = self._expiring
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            state = self._states.pop(key, None)
+            if state is None:
+                continue
+            self._vv.pop(key, None)
+            self.index.remove(key)
+            self._effects.append(Persist(key, state, delete=True))
+            out.append(key)
+        if out:
+            self._core.count("keys_expired", len(out))
+        return out
 
     def _digest(self, key: str) -> bytes:
         return state_digest(self._states[key])
@@ -194,6 +252,10 @@ class Store:
                     f"(a {type(state).__name__})"
                 )
         if created:
+            if key[0] == EXPIRY_MARK:
+                if self.expired(key):
+                    raise InvalidArgument(f"key {key!r} has expired")
+                self._track_expiry(key)
             self._states[key] = state
         self._dirty[key] = None  # (the digest index re-digests it before the next comparison)
         vv = None
@@ -201,7 +263,7 @@ class Store:
             vv = self._vv.setdefault(key, VersionVector())
             vv.increment(self._core.actor)
             vv = vv.copy()
-        self._effects.append(_persist((key, delta, vv, False, op_id)))
+        self._effects.append(_persist((key, delta, vv, False, op_id, False)))
         return delta
 
     def _repersist(self, key: str, state: CRDTBase) -> None:
@@ -221,6 +283,11 @@ class Store:
             local = self._states.get(key)
             grew = replaced = False
             if local is None:
+                if key[0] == EXPIRY_MARK:
+                    if self.expired(key):
+                        core.count("entries_expired")  # (deleted here; the sender will too)
+                        continue
+                    self._track_expiry(key)
                 self._states[key] = incoming.copy()
                 grew = True
             elif rank(local) != rank(incoming):

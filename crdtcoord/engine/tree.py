@@ -122,6 +122,31 @@ class DigestIndex:
         """``key`` was created or changed: re-digest it before the next comparison."""
         self.dirty[key] = None
 
+    def remove(self, key: str) -> None:
+        """``key`` is gone from the store (it expired): take it out of the tree."""
+        self.dirty.pop(key, None)
+        old = self._leaves.pop(key, None)
+        if old is None:
+            return
+        h = self._hashes.pop(key)
+        self._digests.pop(key, None)
+        g = prefix_of(h, _MAINTAINED)
+        group = self._groups.get(g)
+        if group is not None:
+            group.pop(key, None)
+            if not group:
+                del self._groups[g]
+        self._root ^= old
+        d64 = old & _MASK64
+        nodes = self._nodes
+        for level in range(1, _MAINTAINED + 1):
+            p = prefix_of(h, level)
+            v = (nodes[level].get(p, 0) - _COUNT) ^ d64
+            if v:
+                nodes[level][p] = v
+            else:
+                nodes[level].pop(p, None)
+
     def refresh(self) -> int:
         """Re-digest every changed key; returns how many were recomputed."""
         dirty = self.dirty

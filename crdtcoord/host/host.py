@@ -264,7 +264,7 @@ def coalesce(batch: list[Persist]) -> list[Persist]:
     out: list[Persist | list[Persist]] = []
     open_: dict[str, int] = {}  # key -> index in out of its run of plain deltas
     for p in batch:
-        if p.replace or p.op_id is not None:
+        if p.replace or p.op_id is not None or p.delete:
             open_.pop(p.key, None)
             out.append(p)
             continue

@@ -107,6 +107,10 @@ class MemoryStorage:
         if self._node is None:
             raise StorageError("write before create")
         for p in batch:
+            if p.delete:
+                self._states.pop(p.key, None)
+                self._versions.pop(p.key, None)
+                continue
             cur = self._states.get(p.key)
             if cur is None or p.replace:
                 self._states[p.key] = p.delta.copy()

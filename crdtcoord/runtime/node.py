@@ -24,11 +24,14 @@ back), and records a clean shutdown if nothing was left unsent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 from crdtcoord._exceptions import CrdtcoordError, InvalidArgument
+from crdtcoord.consensus.base import Consensus, ConsensusError
+from crdtcoord.coordination.leases import Escalator, Grants, LeaseHandle
 from crdtcoord.engine import (
     LOCAL,
     MEMBERS_KEY,
@@ -56,7 +59,7 @@ from crdtcoord.runtime.handles import (
     SetHandle,
 )
 from crdtcoord.runtime.transport import LocalNetwork, LocalTransport, Transport
-from crdtcoord.types import CRDTBase, Op
+from crdtcoord.types import CRDTBase, Lease, Op
 
 __all__ = ["Node", "NotRunning", "wall_ms"]
 
@@ -86,16 +89,37 @@ class Node:
         monotonic: Callable[[], float] = time.monotonic,
         keep_changes: int = 100_000,
         feed_queue: int = 10_000,
+        consensus: Consensus | None = None,
+        escalation_hook: Callable[[Escalation], Any] | None = None,
+        critical_prefixes: tuple[str, ...] = (),
     ) -> None:
         """``failure_timeout``: seconds of silence after which a peer is shown as suspected;
         ``keep_changes``: changes kept for feed replays; ``feed_queue``: changes a subscriber
-        may fall behind before it gets ``Compacted``."""
+        may fall behind before it gets ``Compacted``. ``consensus``: the plug-in that decides
+        escalated conflicts and grants strong leases; ``escalation_hook`` replaces the default
+        handling of conflicts (see :class:`~crdtcoord.coordination.Escalator`);
+        ``critical_prefixes``: keys under these prefixes are critical (version vectors kept,
+        conflicts escalated) besides the types critical by default (leases)."""
         self.node_id = node_id
         self.config = config or EngineConfig()
         self.transport: Transport = transport or LocalTransport(LocalNetwork())
         self.storage: Storage = storage or MemoryStorage(self.config.dedupe_window)
         self.failure_timeout = failure_timeout
+        if critical_prefixes:
+            prefixes = tuple(critical_prefixes)
+            base = critical
+
+            def critical_fn(key: str, state: CRDTBase) -> bool:
+                if key.startswith(prefixes):
+                    return True
+                return base(key, state) if base is not None else state.CRITICAL_BY_DEFAULT
+
+            critical = critical_fn
         self._critical = critical
+        #: the consensus plug-in (None: strong mode unavailable, conflicts settle by merge)
+        self.consensus = consensus
+        self.grants = Grants(lambda: self.consensus is not None)
+        self.escalator = Escalator(self, consensus, escalation_hook)
         self._wall = wall_clock
         self._mono = monotonic
         self._keep = keep_changes
@@ -120,6 +144,7 @@ class Node:
         #: updates applied through this node's API (retries of an applied op id included)
         self.ops_applied = 0
         self._early_peers: list[str] = []
+        self._key_watchers: dict[str, list[Callable[[], None]]] = {}
         self.close_report = ""
         self._closing = False  # close() began: updates are refused
 
@@ -176,6 +201,19 @@ class Node:
         wait = getattr(self.transport, "wait_peers", None)
         if wait is not None and wait_peers > 0:
             await wait(wait_peers)
+        if self.consensus is not None:
+            if (
+                self.consensus.kind == "local"
+                and not getattr(self.consensus, "shared", False)
+                and (self.transport.seeds() or self.engine.peers())
+            ):
+                await self.close(drain=0.1)
+                raise ConsensusError(
+                    "LocalConsensus is for a single node: with peers each process would decide"
+                    " alone; use raft or etcd (or LocalConsensus(shared=True) for nodes of one"
+                    " process sharing one instance)"
+                )
+            await self.consensus.start()
         return self
 
     async def close(self, *, drain: float = 2.0) -> bool:
@@ -192,6 +230,10 @@ class Node:
         host.flush()
         await self._drain(self._now() + drain * 0.25)
         self._closed = True
+        await self.escalator.close()
+        if self.consensus is not None:
+            with contextlib.suppress(Exception):
+                await self.consensus.close()
         e = host.engine
         left_over = []
         if e.backlog():
@@ -304,8 +346,15 @@ class Node:
         if isinstance(e, Changed):
             if e.key == MEMBERS_KEY:
                 self._learn_addresses()
-            elif self._feed is not None:
+                return
+            if self._feed is not None:
                 self._feed.changed(e)
+            if e.key.startswith("lease/"):
+                state = self.engine.get(e.key)
+                if isinstance(state, Lease):
+                    self.grants.changed(e.key, state.value())
+            for w in self._key_watchers.get(e.key, ()):
+                w()
         elif isinstance(e, WriteDone | ReadDone | OpFailed):
             fut = self._waiting.pop(e.handle, None)
             if fut is not None and not fut.done():
@@ -315,10 +364,30 @@ class Node:
                     fut.set_result(e)
         elif isinstance(e, Escalation):
             self.escalations.append(e)
+            del self.escalations[:-100]  # (the last ones, for inspection)
             if self.on_escalation is not None:
                 self.on_escalation(e)
+            self.escalator(e)
         elif isinstance(e, PeerRepair):
             self.counters["peer_repairs"] = self.counters.get("peer_repairs", 0) + 1
+
+    def watch_key(self, key: str, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` (no arguments, on the loop) after each committed change of ``key``;
+        returns the function that stops it. For coordination primitives that wait."""
+        self._key_watchers.setdefault(key, []).append(fn)
+
+        def stop() -> None:
+            lst = self._key_watchers.get(key)
+            if lst is not None and fn in lst:
+                lst.remove(fn)
+                if not lst:
+                    del self._key_watchers[key]
+
+        return stop
+
+    def hlc_now_ms(self) -> int:
+        """This node's hybrid-clock time in ms (what lease expiries are compared with)."""
+        return self.engine.clock.now().wall
 
     def _observe_write(self, n: int, seconds: float) -> None:
         for f in self.write_observers:
@@ -447,6 +516,10 @@ class Node:
 
     def flag(self, name: str) -> FlagHandle:
         return FlagHandle(self, name)
+
+    def lease(self, name: str) -> LeaseHandle:
+        """A lease with fencing tokens (strong with a consensus plug-in, else optimistic)."""
+        return LeaseHandle(self, name)
 
     # ------------------------------------------------------------------ change feed
 

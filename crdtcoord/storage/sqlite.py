@@ -266,11 +266,19 @@ class SqliteStorage:
             raise StorageError("write before open/create")
         db = self._db
         t0 = time.perf_counter()
-        rows = [(p.key, encode(p.delta), int(p.replace)) for p in batch]
-        versions = [(p.key, pack(p.vv.to_wire())) for p in batch if p.vv is not None]
+        gone = {p.key for p in batch if p.delete}  # (an expired key is never written again)
+        deletes = [(k,) for k in gone]
+        rows = [(p.key, encode(p.delta), int(p.replace)) for p in batch if p.key not in gone]
+        versions = [
+            (p.key, pack(p.vv.to_wire())) for p in batch if p.vv is not None and p.key not in gone
+        ]
         op_ids = [(p.op_id,) for p in batch if p.op_id is not None]
         try:
             db.execute("BEGIN IMMEDIATE")
+            if deletes:
+                db.executemany("DELETE FROM deltas WHERE key = ?", deletes)
+                db.executemany("DELETE FROM states WHERE key = ?", deletes)
+                db.executemany("DELETE FROM versions WHERE key = ?", deletes)
             if rows:
                 db.executemany("INSERT INTO deltas(key, delta, replace) VALUES (?, ?, ?)", rows)
             if versions:
@@ -292,6 +300,9 @@ class SqliteStorage:
                 db.execute("ROLLBACK")
             raise StorageError(f"write to {self.path} failed: {exc}") from exc
         self.writes += 1
+        for (key,) in deletes:
+            self._state_size.pop(key, None)
+            self._delta_size.pop(key, None)
         for key, blob, replace in rows:
             if replace:
                 self._compact(key)

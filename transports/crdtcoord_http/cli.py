@@ -96,6 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_server=server_ssl,
         ssl_client=client_ssl,
     )
+    consensus = _consensus(args, secret)
     storage = None
     if args.data_dir:
         storage = SqliteStorage(Path(args.data_dir) / "node.db", durability=args.durability)
@@ -109,8 +110,54 @@ def _serve(args: argparse.Namespace) -> int:
         storage=storage,
         config=config,
         failure_timeout=args.failure_timeout,
+        consensus=consensus,
     )
     return asyncio.run(_serve_until_signal(node, args))
+
+
+def _consensus(args: argparse.Namespace, secret: bytes | None) -> Any:
+    """The plug-in ``--consensus`` names (None without the flag)."""
+    spec = args.consensus
+    if spec is None:
+        if args.raft_listen or args.raft_peer:
+            raise ConfigError("--raft-listen/--raft-peer need --consensus raft")
+        return None
+    from crdtcoord.consensus import LocalConsensus, RaftConsensus, raft_address
+
+    if spec == "local":
+        if args.peer:
+            raise ConfigError(
+                "--consensus local is for a single node (each process would decide alone);"
+                " with peers use --consensus raft or etcd://HOST:PORT"
+            )
+        return LocalConsensus()
+    if spec == "raft":
+        from crdtcoord_http.transport import PeerSpec, parse_listen
+
+        host, port = parse_listen(args.listen)
+        listen = args.raft_listen or raft_address(host, port)
+        if args.raft_peer:
+            peers = list(args.raft_peer)
+        else:
+            peers = []
+            for p in args.peer or ():
+                u = PeerSpec.parse(p).url
+                h, _, pt = u.split("://", 1)[1].rpartition(":")
+                peers.append(raft_address(h.strip("[]"), int(pt)))
+        data = Path(args.data_dir) / "raft" if args.data_dir else None
+        try:
+            return RaftConsensus(listen, peers, secret=secret, data_dir=data)
+        except CrdtcoordError as e:
+            raise ConfigError(str(e)) from None
+    if spec.startswith(("etcd://", "etcds://")):
+        from crdtcoord.consensus.etcd import EtcdConsensus
+
+        scheme = "https" if spec.startswith("etcds://") else "http"
+        endpoints = [f"{scheme}://{hp}" for hp in spec.split("://", 1)[1].split(",") if hp]
+        if not endpoints:
+            raise ConfigError("--consensus etcd://HOST:PORT[,HOST:PORT...]")
+        return EtcdConsensus(endpoints)
+    raise ConfigError(f"--consensus {spec!r}: expected local, raft or etcd://HOST:PORT")
 
 
 async def _serve_until_signal(node: Any, args: argparse.Namespace) -> int:
@@ -217,6 +264,8 @@ def _client_command(args: argparse.Namespace) -> int:
         return 0
     if cmd == "watch":
         return _watch(c, args)
+    if cmd == "lease":
+        return _lease(c, args)
     op_id = args.op_id or f"cli-{uuid.uuid4().hex}"
     fields: dict[str, Any] = {}
     if cmd in ("inc", "dec"):
@@ -237,6 +286,28 @@ def _client_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(_show(out["value"]))
+    return 0
+
+
+def _lease(c: Client, args: argparse.Namespace) -> int:
+    """``lease acquire`` prints the grant as JSON (exit 0) or ``held by H`` (exit 3);
+    ``release`` prints whether it released; ``show`` the lease as JSON."""
+    if args.action == "acquire":
+        try:
+            g = _retrying(lambda: c.lease_acquire(args.name, args.holder, args.ttl, args.mode))
+        except ClientError as e:
+            if e.code == "held":
+                print(f"crdtcoord lease: {e.detail}", file=sys.stderr)
+                return 3
+            raise
+        print(json.dumps({"holder": g["holder"], "token": g["token"], "mode": g["mode"],
+                          "valid_for_s": g["valid_for_s"]}))  # fmt: skip
+        return 0
+    if args.action == "release":
+        ok = _retrying(lambda: c.lease_release(args.name, args.holder))
+        print(json.dumps({"released": ok}))
+        return 0 if ok else 1
+    print(json.dumps(_retrying(lambda: c.lease_show(args.name))))
     return 0
 
 

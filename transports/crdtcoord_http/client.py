@@ -144,6 +144,25 @@ class Client:
         out: dict[str, Any] = self._request("POST", "/v1/keys/" + _quote(key), body, timeout=wait)
         return out
 
+    def lease_acquire(
+        self, name: str, holder: str, ttl: float, mode: str | None = None
+    ) -> dict[str, Any]:
+        """Acquire (or renew) lease ``name`` for ``holder``: the grant, with its fencing token;
+        :class:`ClientError` ``held`` (409) names the current holder."""
+        body: dict[str, Any] = {"holder": holder, "ttl": ttl}
+        if mode:
+            body["mode"] = mode
+        out: dict[str, Any] = self._request("POST", f"/v1/leases/{_quote(name)}/acquire", body)
+        return out
+
+    def lease_release(self, name: str, holder: str) -> bool:
+        out = self._request("POST", f"/v1/leases/{_quote(name)}/release", {"holder": holder})
+        return bool(out["released"])
+
+    def lease_show(self, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self._request("GET", f"/v1/leases/{_quote(name)}")
+        return out
+
     def metrics(self) -> str:
         req = urllib.request.Request(self.url + "/metrics")
         if self.token:

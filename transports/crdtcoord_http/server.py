@@ -40,10 +40,12 @@ from crdtcoord import (
     GCounter,
     IncompatibleMerge,
     InvalidArgument,
+    LeaseHeld,
     LWWRegister,
     ORSet,
     PNCounter,
 )
+from crdtcoord.consensus.base import ConsensusUnavailable
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
 from crdtcoord.host import StorageError
 from crdtcoord.runtime.node import NotRunning
@@ -430,6 +432,82 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body, ctype = t.metrics.render()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
+    async def lease_json(request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return error(400, "bad_json", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return error(400, "bad_json", "the body must be a JSON object")
+        unknown = sorted(set(body) - {"holder", "ttl", "mode"})
+        if unknown:
+            return error(400, "unknown_field", f"unknown field(s) {unknown}")
+        if not isinstance(body.get("holder"), str) or not body["holder"]:
+            return error(400, "bad_request", "a non-empty 'holder' is required")
+        return body
+
+    async def lease_acquire(request: web.Request) -> web.Response:
+        """POST /v1/leases/{name}/acquire {"holder", "ttl" (s), "mode"}: 200 with the grant,
+        409 ``held`` with the current holder and token."""
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        body = await lease_json(request)
+        if isinstance(body, web.Response):
+            return body
+        ttl = body.get("ttl", 10)
+        if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not math.isfinite(ttl):
+            return error(400, "bad_request", "ttl is a number of seconds")
+        try:
+            g = await n.lease(request.match_info["name"]).acquire(
+                body["holder"], float(ttl), mode=body.get("mode")
+            )
+        except LeaseHeld as e:
+            return web.json_response(
+                {"error": "held", "detail": f"held by {e.holder}", "holder": e.holder,
+                 "token": e.token},
+                status=409,
+            )  # fmt: skip
+        except ConsensusUnavailable as e:
+            return error(503, "consensus_unavailable", str(e), **{"Retry-After": "1"})
+        except NotRunning as e:
+            return error(503, "not_running", str(e), **{"Retry-After": "1"})
+        except CrdtcoordError as e:
+            return error(400, "bad_request", str(e))
+        return web.json_response(g.as_dict())
+
+    async def lease_release(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        n = running()
+        body = await lease_json(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            ok = await n.lease(request.match_info["name"]).release_holder(body["holder"])
+        except ConsensusUnavailable as e:
+            return error(503, "consensus_unavailable", str(e), **{"Retry-After": "1"})
+        except NotRunning as e:
+            return error(503, "not_running", str(e), **{"Retry-After": "1"})
+        except CrdtcoordError as e:
+            return error(400, "bad_request", str(e))
+        return web.json_response({"released": ok})
+
+    async def lease_show(request: web.Request) -> web.Response:
+        if (denied := client_auth(request)) is not None:
+            return denied
+        h = running().lease(request.match_info["name"])
+        try:
+            out = await h.read()
+        except ConsensusUnavailable as e:
+            return error(503, "consensus_unavailable", str(e), **{"Retry-After": "1"})
+        rec = h.record()
+        out["replica"] = None if rec is None else {
+            "holder": rec.holder, "token": rec.token, "expiry_ms": rec.expiry.wall,
+        }  # fmt: skip
+        out["source"] = "consensus" if running().consensus is not None else "replica"
+        return web.json_response(out)
+
     async def on_shutdown(app: web.Application) -> None:
         for resp, req in list(watchers.items()):  # (open streams would delay shutdown)
             with contextlib.suppress(Exception):
@@ -447,6 +525,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     app.router.add_get("/v1/watch", watch, allow_head=False)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/leases/{name}/acquire", lease_acquire)
+    app.router.add_post("/v1/leases/{name}/release", lease_release)
+    app.router.add_get("/v1/leases/{name}", lease_show)
     return app
 
 

@@ -1,0 +1,24 @@
+"""Coordination primitives built from the types, the engine and a consensus plug-in: leases and
+locks with fencing tokens (strong and optimistic), the escalation of conflicting claims, leader
+election, barriers, semaphores and quotas, rate limiters, and a phi-accrual failure detector.
+What each guarantees in each mode is in ``docs/coordination.md``."""
+
+from crdtcoord.coordination.leases import (
+    Escalator,
+    Grants,
+    LeaseHandle,
+    LocalGrant,
+    conflict_id,
+    decide_between,
+    lease_key,
+)
+
+__all__ = [
+    "Escalator",
+    "Grants",
+    "LeaseHandle",
+    "LocalGrant",
+    "conflict_id",
+    "decide_between",
+    "lease_key",
+]

@@ -1,0 +1,192 @@
+"""Leases in one process (nodes on a LocalNetwork sharing one LocalConsensus): strong grants,
+optimistic claims that conflict under a partition, escalation decided once, the loser told, the
+winner's grant carried over with the decision's token; hold() renewals; fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from crdtcoord import LeaseHeld
+from crdtcoord.consensus import ConsensusError, Fence, LeaseLost, LocalConsensus, StaleToken
+from crdtcoord.engine import EngineConfig
+from crdtcoord.runtime import LocalNetwork, LocalTransport, Node
+
+FAST = EngineConfig(delta_delay=0.002, ae_interval=0.3, retransmit_after=0.1)
+
+
+async def until(cond: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[LocalNetwork, list[Node], LocalConsensus]]:
+    net = LocalNetwork()
+    cons = LocalConsensus(shared=True)
+    names = ["a", "b", "c"]
+    nodes = [
+        Node(n, transport=LocalTransport(net, [m for m in names if m != n]), config=FAST,
+             consensus=cons)
+        for n in names
+    ]  # fmt: skip
+    for n in nodes:
+        await n.start()
+    yield net, nodes, cons
+    for n in nodes:
+        await n.close(drain=0.2)
+
+
+async def test_strong_grants_are_exclusive_and_published(
+    cluster: tuple[LocalNetwork, list[Node], LocalConsensus],
+) -> None:
+    _, (a, b, c), _ = cluster
+    g = await a.lease("sched").acquire("alice", 5)
+    assert g.mode == "strong" and g.token == 1
+    await until(lambda: b.lease("sched").holder() == "alice")  # a local read elsewhere
+    with pytest.raises(LeaseHeld) as e:
+        await c.lease("sched").acquire("carol", 5)
+    assert (e.value.holder, e.value.token) == ("alice", 1)
+    again = await a.lease("sched").acquire("alice", 5)  # the holder again: a renewal
+    assert again.token == 1
+    assert await a.lease("sched").release(g)
+    g2 = await c.lease("sched").acquire("carol", 5)
+    assert g2.token == 2
+    await until(lambda: a.lease("sched").holder() == "carol")
+
+
+async def test_optimistic_claims_under_a_partition_escalate_once_and_converge(
+    cluster: tuple[LocalNetwork, list[Node], LocalConsensus],
+) -> None:
+    net, (a, b, c), cons = cluster
+    net.partition(["a"], ["b", "c"])
+    ga = await a.lease("job").acquire("alice", 30, mode="optimistic")
+    await asyncio.sleep(0.01)
+    gb = await b.lease("job").acquire("bob", 30, mode="optimistic")
+    assert ga.token == gb.token == 1  # both hold it: the documented window
+    net.heal()
+    await until(lambda: ga.lost or gb.lost)
+    await until(lambda: all(n.lease("job").record() == a.lease("job").record() for n in (b, c)))
+    rec = a.lease("job").record()
+    assert rec is not None and rec.holder == "alice" and rec.token == 2  # the earlier claim
+    assert not ga.lost and ga.token == 2 and not ga.contested  # carried over, new token
+    assert gb.lost and "alice" in gb.reason
+    with pytest.raises(LeaseLost):
+        gb.check()
+    ga.check()
+    decided = sum(n.escalator.stats.decided for n in (a, b, c))
+    assert decided >= 1 and len(cons._decisions) == 1  # one decision, however many saw it
+
+
+async def test_without_consensus_the_merge_order_settles_and_the_loser_is_told() -> None:
+    net = LocalNetwork()
+    a = Node("a", transport=LocalTransport(net, ["b"]), config=FAST)
+    b = Node("b", transport=LocalTransport(net, ["a"]), config=FAST)
+    await a.start()
+    await b.start()
+    try:
+        with pytest.raises(ConsensusError, match="--consensus"):
+            await a.lease("x").acquire("alice", 5, mode="strong")
+        net.partition(["a"], ["b"])
+        ga = await a.lease("x").acquire("alice", 30)  # optimistic by default here
+        gb = await b.lease("x").acquire("bob", 30)
+        net.heal()
+        await until(lambda: ga.lost or gb.lost)
+        await until(lambda: a.lease("x").record() == b.lease("x").record())
+        winner = a.lease("x").record()
+        assert winner is not None
+        assert {ga.lost, gb.lost} == {True, False}
+        assert (ga if not ga.lost else gb).holder == winner.holder
+        assert a.escalator.stats.undecided + b.escalator.stats.undecided >= 1
+    finally:
+        await a.close(drain=0.1)
+        await b.close(drain=0.1)
+
+
+async def test_hold_renews_and_releases(
+    cluster: tuple[LocalNetwork, list[Node], LocalConsensus],
+) -> None:
+    _, (a, b, _), _ = cluster
+    async with a.lease("h").hold("alice", 0.3) as g:
+        await asyncio.sleep(0.7)  # two terms: renewed in the background
+        g.check()
+        with pytest.raises(LeaseHeld):
+            await b.lease("h").acquire("bob", 1)
+    g2 = await b.lease("h").acquire("bob", 1)  # released on exit
+    assert g2.token > g.token
+
+
+async def test_a_paused_holder_is_stopped_by_its_term_and_by_the_fence(
+    cluster: tuple[LocalNetwork, list[Node], LocalConsensus],
+) -> None:
+    _, (a, b, _), _ = cluster
+    fence = Fence()
+    g = await a.lease("w").acquire("alice", 0.2)
+    fence.check("db", g.token)
+    await asyncio.sleep(0.3)  # "paused" past its term
+    with pytest.raises(LeaseLost):
+        g.check()
+    g2 = await b.lease("w").acquire("bob", 5)
+    fence.check("db", g2.token)
+    with pytest.raises(StaleToken):
+        fence.check("db", g.token)  # a late write with the old token
+
+
+async def test_local_consensus_is_refused_for_a_node_with_peers() -> None:
+    net = LocalNetwork()
+    a = Node("a", transport=LocalTransport(net, ["b"]), consensus=LocalConsensus())
+    with pytest.raises(ConsensusError, match="single node"):
+        await a.start()
+
+
+def test_in_the_simulator_conflicting_claims_escalate_once_and_converge() -> None:
+    """The same decision path (conflict_id, decide_between, Lease.Force) driven by the
+    deterministic simulator: claims on both sides of a partition, a lossy network, one decision
+    per conflict however many nodes escalate it, and every replica on the winner."""
+    import json
+
+    from crdtcoord.coordination import conflict_id, decide_between
+    from crdtcoord.engine import Escalation
+    from crdtcoord.sim import LinkConfig, NetworkConfig, Simulation
+    from crdtcoord.types import Lease
+
+    for seed in range(5):
+        sim = Simulation(
+            ["a", "b", "c", "d"], seed=seed, network=NetworkConfig(LinkConfig(loss=0.1))
+        )
+        sim.run_for(1.0)
+        sim.partition(["a", "b"], ["c", "d"])
+        sim.update("a", "lease/x", Lease, Lease.Acquire("alice", 60_000))
+        sim.run_for(0.5)
+        sim.update("c", "lease/x", Lease, Lease.Acquire("carol", 60_000))
+        sim.run_for(1.0)
+        sim.heal()
+        decisions: dict[str, bytes] = {}  # the consensus: first proposal per conflict wins
+        handled: set[tuple[str, int]] = set()
+        for _ in range(40):
+            sim.run_for(0.25)
+            for n in sim.live():
+                for i, e in enumerate(sim.events(n, Escalation)):
+                    if (n, i) in handled:
+                        continue
+                    handled.add((n, i))
+                    a, b = e.local.value(), e.remote.value()
+                    cid = conflict_id(e.key, a, b)
+                    d = json.loads(
+                        decisions.setdefault(cid, json.dumps(decide_between(a, b)).encode())
+                    )
+                    cur = sim.engine(n).get(e.key)
+                    if cur.value().holder != d["holder"] or cur.value().token < d["token"]:
+                        sim.update(n, e.key, Lease, Lease.Force(d["holder"], 30_000, d["token"]))
+        assert sim.quiesce(timeout=30)
+        recs = {sim.value(n, "lease/x") for n in sim.live()}
+        assert len(recs) == 1
+        (rec,) = recs
+        assert rec.holder == "alice" and rec.token == 2, (seed, rec)  # the earlier claim
+        assert len(decisions) == 1, (seed, decisions)
