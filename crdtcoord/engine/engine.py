@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from crdtcoord._exceptions import InvalidArgument
-from crdtcoord._wire import check_replica
+from crdtcoord._wire import Value, check_replica
 from crdtcoord.clocks.hlc import HLC
 from crdtcoord.clocks.vv import VersionVector
 from crdtcoord.codec import digest as state_digest
@@ -64,7 +64,7 @@ from crdtcoord.engine.propagation import PeerStream, Propagation
 from crdtcoord.engine.requests import OpIds, Requests
 from crdtcoord.engine.store import Critical, Store, Update, check_key
 from crdtcoord.engine.tree import DigestIndex
-from crdtcoord.types import CRDTBase, ORMap
+from crdtcoord.types import CRDTBase, LWWRegister, ORMap
 
 __all__ = ["Engine"]
 
@@ -329,6 +329,23 @@ class Engine:
             self._local(MEMBERS_KEY, self._members.announcement("up"), force=True)
             self._propagation.flush()
             self._propagation.push(self._members.known())
+
+    def remove_member(self, peer: str, now: float) -> None:
+        """Mark ``peer`` as gone in ``$members`` (its entry says ``left``): it no longer counts
+        for consistency levels anywhere once this spreads. Meant to follow a consensus decision
+        (see :mod:`crdtcoord.coordination.failure`); a node removed by mistake that is alive
+        announces itself again."""
+        self._core.advance(now)
+        if peer == self.node_id:
+            raise InvalidArgument("a node cannot remove itself (it leaves)")
+        entry: dict[str, Value] = {
+            "inc": self._members.incarnation_of(peer) or 0,
+            "status": "left",
+            "removed_by": self.node_id,
+        }
+        self._local(MEMBERS_KEY, ORMap.Update(peer, LWWRegister.Assign(entry)), force=True)
+        self._propagation.flush()
+        self._propagation.push(self._members.peers())
 
     def recover(self) -> None:
         """After a crash (not a clean shutdown): the previous process may have applied updates

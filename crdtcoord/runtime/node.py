@@ -26,12 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from crdtcoord._exceptions import CrdtcoordError, InvalidArgument
 from crdtcoord.consensus.base import Consensus, ConsensusError
+from crdtcoord.coordination.barrier import Barrier
+from crdtcoord.coordination.election import Election
+from crdtcoord.coordination.failure import PhiAccrual, PhiSettings
 from crdtcoord.coordination.leases import Escalator, Grants, LeaseHandle
+from crdtcoord.coordination.ratelimit import RateLimiter
+from crdtcoord.coordination.semaphore import Semaphore
 from crdtcoord.engine import (
     LOCAL,
     MEMBERS_KEY,
@@ -92,6 +97,8 @@ class Node:
         consensus: Consensus | None = None,
         escalation_hook: Callable[[Escalation], Any] | None = None,
         critical_prefixes: tuple[str, ...] = (),
+        phi: PhiSettings | None = None,
+        remove_after: float | None = None,
     ) -> None:
         """``failure_timeout``: seconds of silence after which a peer is shown as suspected;
         ``keep_changes``: changes kept for feed replays; ``feed_queue``: changes a subscriber
@@ -99,7 +106,9 @@ class Node:
         escalated conflicts and grants strong leases; ``escalation_hook`` replaces the default
         handling of conflicts (see :class:`~crdtcoord.coordination.Escalator`);
         ``critical_prefixes``: keys under these prefixes are critical (version vectors kept,
-        conflicts escalated) besides the types critical by default (leases)."""
+        conflicts escalated) besides the types critical by default (leases). ``phi``: the
+        failure detector's settings; ``remove_after``: remove (by consensus) a peer suspected
+        for that many seconds (None: never automatically)."""
         self.node_id = node_id
         self.config = config or EngineConfig()
         self.transport: Transport = transport or LocalTransport(LocalNetwork())
@@ -119,6 +128,14 @@ class Node:
         #: the consensus plug-in (None: strong mode unavailable, conflicts settle by merge)
         self.consensus = consensus
         self.grants = Grants(lambda: self.consensus is not None)
+        #: phi-accrual failure detector over message arrivals (monotonic seconds)
+        self.detector = PhiAccrual(phi)
+        self.remove_after = remove_after
+        #: ("suspected" | "recovered" | "removed", peer, monotonic time), the last 1,000
+        self.membership_events: list[tuple[str, str, float]] = []
+        self.on_membership_event: Callable[[str, str], None] | None = None
+        self._suspected_since: dict[str, float] = {}
+        self._watchdog: asyncio.Task[None] | None = None
         self.escalator = Escalator(self, consensus, escalation_hook)
         self._wall = wall_clock
         self._mono = monotonic
@@ -201,6 +218,7 @@ class Node:
         wait = getattr(self.transport, "wait_peers", None)
         if wait is not None and wait_peers > 0:
             await wait(wait_peers)
+        self._watchdog = asyncio.ensure_future(self._watch_peers())
         if self.consensus is not None:
             if (
                 self.consensus.kind == "local"
@@ -230,6 +248,10 @@ class Node:
         host.flush()
         await self._drain(self._now() + drain * 0.25)
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         await self.escalator.close()
         if self.consensus is not None:
             with contextlib.suppress(Exception):
@@ -328,7 +350,9 @@ class Node:
         if host is None or self._closed:
             raise NotRunning("the node is not running")
         sender = host.receive(data, self._now())
-        self._contact[sender] = self._now()
+        now = self._now()
+        self._contact[sender] = now
+        self.detector.heartbeat(sender, now)
         self._reschedule()
         return sender
 
@@ -384,6 +408,68 @@ class Node:
                     del self._key_watchers[key]
 
         return stop
+
+    def suspected(self, peer: str) -> bool:
+        """Is ``peer`` suspected: phi at or over the threshold, or silent past
+        ``failure_timeout`` (never heard from: since this node started)?"""
+        now = self._now()
+        if self.detector.suspected(peer, now):
+            return True
+        last = self._contact.get(peer)
+        silent = now - (last if last is not None else self._started_at)
+        return silent > self.failure_timeout
+
+    async def _watch_peers(self) -> None:
+        """Every 0.25 s: suspicion and recovery events, and automatic removal."""
+        while not self._closing:
+            await asyncio.sleep(0.25)
+            if self._host is None:
+                continue
+            now = self._now()
+            for p in self.engine.peers():
+                sus = self.suspected(p)
+                since = self._suspected_since.get(p)
+                if sus and since is None:
+                    self._suspected_since[p] = now
+                    self._member_event("suspected", p)
+                elif not sus and since is not None:
+                    del self._suspected_since[p]
+                    self._member_event("recovered", p)
+                elif (
+                    sus
+                    and since is not None
+                    and self.remove_after is not None
+                    and now - since >= self.remove_after
+                    and self.consensus is not None
+                ):
+                    with contextlib.suppress(Exception):
+                        await self.remove_member(p)
+
+    def _member_event(self, kind: str, peer: str) -> None:
+        self.membership_events.append((kind, peer, self._now()))
+        del self.membership_events[:-1000]
+        if self.on_membership_event is not None:
+            self.on_membership_event(kind, peer)
+
+    async def remove_member(self, peer: str) -> bool:
+        """Remove ``peer`` from the membership (it stops counting for ``majority``/``all``)
+        through one consensus decision per peer and incarnation; returns whether this call's
+        decision was to remove it (another node may have decided first: same outcome)."""
+        if self.consensus is None:
+            raise ConsensusError("removing a member is a consensus decision: --consensus")
+        inc = self.engine.incarnation_of(peer)
+        decision = await self.consensus.decide(f"remove/{peer}/{inc}", self.node_id.encode())
+        assert self._host is not None
+        self._host.engine.remove_member(peer, self._now())
+        self._host.run()
+        self._reschedule()
+        self._suspected_since.pop(peer, None)
+        self._member_event("removed", peer)
+        return decision == self.node_id.encode()
+
+    def wall_ms(self) -> int:
+        """This node's wall clock in ms (injectable: ``Node(wall_clock=...)``)."""
+        return self._wall()
 
     def hlc_now_ms(self) -> int:
         """This node's hybrid-clock time in ms (what lease expiries are compared with)."""
@@ -520,6 +606,29 @@ class Node:
     def lease(self, name: str) -> LeaseHandle:
         """A lease with fencing tokens (strong with a consensus plug-in, else optimistic)."""
         return LeaseHandle(self, name)
+
+    def election(self, name: str) -> Election:
+        """Leader election on a strong lease (see :mod:`crdtcoord.coordination.election`)."""
+        return Election(self, name)
+
+    def barrier(
+        self,
+        name: str,
+        participants: Collection[str] | None = None,
+        *,
+        n: int | None = None,
+        expires_ms: int | None = None,
+    ) -> Barrier:
+        """Wait until ``n`` (default: all) of ``participants`` arrived."""
+        return Barrier(self, name, participants, n=n, expires_ms=expires_ms)
+
+    async def semaphore(self, name: str, permits: int, *, init: bool | None = None) -> Semaphore:
+        """A cluster-wide semaphore of ``permits`` (escrowed rights; see the module doc)."""
+        return await Semaphore(self, name, permits).init(init=init)
+
+    def rate_limiter(self, name: str, limit: int, window: float) -> RateLimiter:
+        """At most ``limit`` events per ``window`` seconds cluster-wide, decided locally."""
+        return RateLimiter(self, name, limit, window)
 
     # ------------------------------------------------------------------ change feed
 
