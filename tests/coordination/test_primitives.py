@@ -54,7 +54,7 @@ async def three() -> AsyncIterator[tuple[LocalNetwork, list[Node]]]:
 async def test_one_leader_then_a_quick_handoff_on_resign_and_on_death(
     three: tuple[LocalNetwork, list[Node]],
 ) -> None:
-    net, (a, b, c) = three
+    _net, (a, b, c) = three
     lead = await a.election("svc").campaign("a", ttl=0.6)
     waiting = asyncio.ensure_future(b.election("svc").campaign("b", ttl=0.6))
     await asyncio.sleep(0.3)
@@ -107,7 +107,7 @@ async def test_a_barrier_opens_when_enough_participants_arrived(
 async def test_a_barrier_over_current_members_is_fixed_by_consensus(
     three: tuple[LocalNetwork, list[Node]],
 ) -> None:
-    _, (a, b, c) = three
+    _, (a, _b, c) = three
     await asyncio.sleep(0.3)
     ba = await type(a.barrier("m")).of_members(a, "m")
     bc = await type(c.barrier("m")).of_members(c, "m")
@@ -124,7 +124,7 @@ async def test_an_expiring_barrier_is_collected_everywhere(
     await until(lambda: all(n.barrier("gc", {"a", "b", "c"}, expires_ms=exp).is_open()
                             for n in nodes))  # fmt: skip
     key = expiring_key("barrier/gc", exp)
-    await until(lambda: all(key not in n.keys() for n in nodes), timeout=3)
+    await until(lambda: all(key not in n for n in nodes), timeout=3)
 
 
 async def test_a_semaphore_never_exceeds_its_permits_under_partitions() -> None:
@@ -168,14 +168,14 @@ async def test_a_semaphore_never_exceeds_its_permits_under_partitions() -> None:
 async def test_rights_move_on_demand_and_fragmentation_is_reported(
     three: tuple[LocalNetwork, list[Node]],
 ) -> None:
-    net, (a, b, c) = three
+    net, (a, b, _c) = three
     sa = await a.semaphore("q", 4, init=True)
     sb = await b.semaphore("q", 4, init=False)
     await until(lambda: sb.available() == 4)
     await sb.acquire(2, timeout=2)  # b had no rights: it asked, a transferred
     assert sb.available() == 2
     net.partition(["a"], ["b", "c"])
-    with pytest.raises(InsufficientRights, match="fragmented|only"):
+    with pytest.raises(InsufficientRights, match=r"fragmented|only"):
         await sb.acquire(3, timeout=0.3)
     net.heal()
     await sb.release(2)
@@ -196,7 +196,7 @@ async def test_the_rate_limiter_admits_up_to_the_limit_and_expires_windows(
     # decided locally: at most the limit plus what the others admitted unseen
     assert 30 <= admitted <= 30 + 2 * 20
     await asyncio.sleep(1.2)  # two windows later the window's key is gone everywhere
-    assert not any(k.startswith("~") for n in nodes for k in n.keys())
+    assert not any(k.startswith("~") for n in nodes for k in n)
     share = nodes[0].rate_limiter("hard", 9, 10.0)
     assert sum(share.local_share() for _ in range(10)) == 3  # 9 // 3 members
 
