@@ -96,7 +96,9 @@ def _phi(elapsed: float, mean: float, std: float) -> float:
     """-log10(P(next heartbeat later than ``elapsed``)), Akka's logistic approximation of the
     normal distribution's tail (accurate to about 1e-4, and cheap)."""
     y = (elapsed - mean) / std
-    e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+    # Clamped: far from the mean the tail is 0 or 1 to double precision anyway, and an
+    # unclamped exponent overflows (a heartbeat just after a long-pause history).
+    e = math.exp(max(-700.0, min(700.0, -y * (1.5976 + 0.070566 * y * y))))
     if elapsed > mean:
         p = e / (1.0 + e)
         return -math.log10(p) if p > 0 else 300.0

@@ -662,13 +662,13 @@ class Node:
         for p in sorted(set(e.peers()) | set(self._contact)):
             st = e.peer_stream(p)
             last = self._contact.get(p)
-            silent_for = (now - last) if last is not None else (now - self._started_at)
             out.append(
                 {
                     "node": p,
                     "incarnation": e.incarnation_of(p),
                     "last_contact_s": None if last is None else round(now - last, 3),
-                    "suspected": silent_for > self.failure_timeout,
+                    "suspected": self.suspected(p),
+                    "phi": round(min(self.detector.phi(p, now), 999.0), 2),
                     "left": p not in e.peers(),
                     "lag": (e.delta_seq - st.acked) if st is not None else e.delta_seq,
                     "rtt_ms": round(st.srtt * 1000, 3) if st is not None and st.srtt else None,
@@ -725,6 +725,17 @@ class Node:
             "storage": storage,
             "transport": self.transport.status(),
             "escalations": len(self.escalations),
+            "coordination": {
+                "consensus": self.consensus.status() if self.consensus is not None else None,
+                "escalations": self.escalator.stats.as_dict(),
+                "decisions": self.escalator.decisions[-5:],
+                "leases_held": [g.as_dict() for g in self.grants.held()],
+                "leases_lost": len(self.grants.lost),
+                "membership_events": [
+                    {"event": k, "peer": p, "at_s": round(t, 3)}
+                    for k, p, t in self.membership_events[-10:]
+                ],
+            },
         }
 
     def __repr__(self) -> str:

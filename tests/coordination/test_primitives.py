@@ -124,7 +124,7 @@ async def test_an_expiring_barrier_is_collected_everywhere(
     await until(lambda: all(n.barrier("gc", {"a", "b", "c"}, expires_ms=exp).is_open()
                             for n in nodes))  # fmt: skip
     key = expiring_key("barrier/gc", exp)
-    await until(lambda: all(key not in n for n in nodes), timeout=3)
+    await until(lambda: all(key not in n.keys() for n in nodes), timeout=3)  # noqa: SIM118
 
 
 async def test_a_semaphore_never_exceeds_its_permits_under_partitions() -> None:
@@ -196,7 +196,7 @@ async def test_the_rate_limiter_admits_up_to_the_limit_and_expires_windows(
     # decided locally: at most the limit plus what the others admitted unseen
     assert 30 <= admitted <= 30 + 2 * 20
     await asyncio.sleep(1.2)  # two windows later the window's key is gone everywhere
-    assert not any(k.startswith("~") for n in nodes for k in n)
+    assert not any(k.startswith("~") for n in nodes for k in n.keys())  # noqa: SIM118
     share = nodes[0].rate_limiter("hard", 9, 10.0)
     assert sum(share.local_share() for _ in range(10)) == 3  # 9 // 3 members
 
@@ -210,6 +210,13 @@ def test_phi_grows_with_silence_like_akka() -> None:
     assert fd.phi("p", t - 1.0 + 0.5) < 1  # on time
     assert fd.phi("p", t - 1.0 + 1.3) > 8  # well overdue: suspected
     assert fd.suspected("p", t + 5) and not fd.suspected("q", t)
+    # far on either side of the mean: no overflow, the limits hold
+    assert fd.phi("p", t - 1.0 + 1e-9) < 1e-6
+    assert fd.phi("p", t + 1e6) >= 8
+    slow = PhiAccrual(PhiSettings(acceptable_pause=3.0, min_std_deviation=0.001))
+    for i in range(5):
+        slow.heartbeat("p", i * 3.0)
+    assert slow.phi("p", 12.0 + 0.008) < 1e-6
 
 
 async def test_a_silent_peer_is_suspected_removed_by_consensus_and_recovers() -> None:

@@ -266,6 +266,8 @@ def _client_command(args: argparse.Namespace) -> int:
         return _watch(c, args)
     if cmd == "lease":
         return _lease(c, args)
+    if cmd in ("election", "barrier", "semaphore", "ratelimit"):
+        return _primitive(c, args)
     op_id = args.op_id or f"cli-{uuid.uuid4().hex}"
     fields: dict[str, Any] = {}
     if cmd in ("inc", "dec"):
@@ -309,6 +311,57 @@ def _lease(c: Client, args: argparse.Namespace) -> int:
         return 0 if ok else 1
     print(json.dumps(_retrying(lambda: c.lease_show(args.name))))
     return 0
+
+
+def _primitive(c: Client, args: argparse.Namespace) -> int:
+    """Elections, barriers, semaphores and rate limiters: print the JSON answer; exit 3 when
+    the primitive says no (a rate limit reached, no permit, a barrier not open)."""
+    from urllib.parse import quote, urlencode
+
+    name = quote(args.name, safe="")
+    cmd, action = args.command, getattr(args, "action", None)
+    wait = (getattr(args, "timeout", None) or 30.0) + 10
+    if cmd == "election":
+        if action == "campaign":
+            body = {"candidate": args.candidate, "ttl": args.ttl, "timeout": args.timeout or 30.0}
+            out = c.call("POST", f"/v1/elections/{name}/campaign", body, timeout=wait)
+        elif action == "resign":
+            out = c.call("POST", f"/v1/elections/{name}/resign", {"candidate": args.candidate})
+        else:
+            out = c.call("GET", f"/v1/elections/{name}")
+        print(json.dumps(out))
+        return 0
+    if cmd == "barrier":
+        parts = args.participants or ""
+        if action == "arrive":
+            body = {"who": args.who, "participants": [p for p in parts.split(",") if p]}
+            out = c.call("POST", f"/v1/barriers/{name}/arrive", body)
+        else:
+            q = {"participants": parts}
+            if args.wait:
+                q["wait"] = str(args.wait)
+            out = c.call(
+                "GET", f"/v1/barriers/{name}?{urlencode(q)}", timeout=(args.wait or 0) + 10
+            )
+        print(json.dumps(out))
+        return 0 if out.get("open") or action == "arrive" else 3
+    if cmd == "semaphore":
+        body = {"permits": args.permits, "n": args.n}
+        if action == "acquire":
+            body["timeout"] = args.timeout or 5.0
+        try:
+            out = c.call("POST", f"/v1/semaphores/{name}/{action}", body, timeout=wait)
+        except ClientError as e:
+            if e.code == "unavailable":
+                print(f"crdtcoord semaphore: {e.detail}", file=sys.stderr)
+                return 3
+            raise
+        print(json.dumps(out))
+        return 0
+    out = c.call("POST", f"/v1/ratelimits/{name}", {"limit": args.limit, "window": args.window,
+                                                     "n": args.n})  # fmt: skip
+    print(json.dumps(out))
+    return 0 if out["admitted"] else 3
 
 
 def _watch(c: Client, args: argparse.Namespace) -> int:

@@ -163,6 +163,13 @@ class Client:
         out: dict[str, Any] = self._request("GET", f"/v1/leases/{_quote(name)}")
         return out
 
+    def call(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Any JSON route (``docs/operations.md`` lists them): elections, barriers,
+        semaphores, rate limiters... Errors raise :class:`ClientError`."""
+        return self._request(method, path, body, timeout=timeout)
+
     def metrics(self) -> str:
         req = urllib.request.Request(self.url + "/metrics")
         if self.token:

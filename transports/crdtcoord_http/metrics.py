@@ -95,6 +95,17 @@ class _Collector(Collector):
         )
         yield counter("repairs_done", "Repairs that ended in sync", m.get("repairs_done", 0))
         yield counter("escalations", "Conflicts escalated", m.get("escalations", 0))
+        esc = CounterMetricFamily(
+            "crdtcoord_escalation_outcomes",
+            "Escalated conflicts by outcome (decided, applied, retries, failed, undecided)",
+            labels=[*labels, "outcome"],
+        )
+        for k, v in node.escalator.stats.as_dict().items():
+            if k != "raised":
+                esc.add_metric([*me, k], v)
+        yield esc
+        yield gauge("leases_held", "Leases held through this node", len(node.grants.held()))
+        yield counter("leases_lost", "Grants this node's callers lost", len(node.grants.lost))
         yield gauge("keys", "Keys held", len(node.keys()))
         yield gauge("members", "Members counted for consistency levels", e.member_count())
         yield gauge("delta_backlog", "Delta-buffer entries not acknowledged", e.backlog())
@@ -112,11 +123,18 @@ class _Collector(Collector):
             "Delta-buffer entries the peer has not acknowledged",
             labels=[*labels, "peer"],
         )
+        phi = GaugeMetricFamily(
+            "crdtcoord_peer_phi",
+            "Phi-accrual suspicion level (8: suspected)",
+            labels=[*labels, "peer"],
+        )
         for p in node.peer_status():
             suspected.add_metric([*me, p["node"]], 1 if p["suspected"] else 0)
             lag.add_metric([*me, p["node"]], p["lag"])
+            phi.add_metric([*me, p["node"]], p["phi"])
         yield suspected
         yield lag
+        yield phi
         c = self.t.counters
         http = CounterMetricFamily(
             "crdtcoord_http_refused", "Requests refused, by reason", labels=[*labels, "reason"]

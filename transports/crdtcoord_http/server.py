@@ -39,6 +39,7 @@ from crdtcoord import (
     CrdtcoordError,
     GCounter,
     IncompatibleMerge,
+    InsufficientRights,
     InvalidArgument,
     LeaseHeld,
     LWWRegister,
@@ -508,6 +509,158 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         out["source"] = "consensus" if running().consensus is not None else "replica"
         return web.json_response(out)
 
+    # ---------------------------------------------------------------- other primitives
+
+    leaderships: dict[tuple[str, str], Any] = {}
+    semaphores: dict[str, Any] = {}
+
+    async def body_of(request: web.Request, fields: set[str]) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return error(400, "bad_json", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return error(400, "bad_json", "the body must be a JSON object")
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            return error(400, "unknown_field", f"unknown field(s) {unknown}")
+        return body
+
+    def primitive(handler: Any) -> Any:
+        """Client auth, then the handler; coordination errors as JSON."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if (denied := client_auth(request)) is not None:
+                return denied
+            try:
+                out: web.StreamResponse = await handler(request, running())
+                return out
+            except ConsensusUnavailable as e:
+                return error(503, "consensus_unavailable", str(e), **{"Retry-After": "1"})
+            except NotRunning as e:
+                return error(503, "not_running", str(e), **{"Retry-After": "1"})
+            except TimeoutError:
+                return error(504, "timeout", "not done within the timeout")
+            except CrdtcoordError as e:
+                return error(400, "bad_request", str(e))
+
+        return wrapped
+
+    @primitive
+    async def election_campaign(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"candidate", "ttl", "timeout"})
+        if isinstance(body, web.Response):
+            return body
+        name, cand = request.match_info["name"], body.get("candidate")
+        if not isinstance(cand, str) or not cand:
+            return error(400, "bad_request", "a non-empty 'candidate' is required")
+        ttl, timeout = float(body.get("ttl", 5.0)), float(body.get("timeout", 30.0))
+        lead = await asyncio.wait_for(n.election(name).campaign(cand, ttl), timeout)
+        old = leaderships.pop((name, cand), None)
+        if old is not None:
+            await old.resign()
+        leaderships[(name, cand)] = lead
+        return web.json_response({"leader": cand, "term": lead.term})
+
+    @primitive
+    async def election_resign(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"candidate"})
+        if isinstance(body, web.Response):
+            return body
+        lead = leaderships.pop((request.match_info["name"], str(body.get("candidate"))), None)
+        if lead is not None:
+            await lead.resign()
+        return web.json_response({"resigned": lead is not None})
+
+    @primitive
+    async def election_show(request: web.Request, n: Node) -> web.Response:
+        e = n.election(request.match_info["name"])
+        rec = e.lease.record()
+        return web.json_response(
+            {"leader": e.leader(), "term": rec.token if rec else 0, "weak_leader": e.weak_leader()}
+        )
+
+    def barrier_of(n: Node, name: str, participants: Any, count: Any, exp: Any) -> Any:
+        if isinstance(participants, str):
+            participants = [p for p in participants.split(",") if p]
+        if participants is not None and not (
+            isinstance(participants, list) and all(isinstance(p, str) for p in participants)
+        ):
+            raise InvalidArgument("participants is a list of names")
+        return n.barrier(
+            name,
+            participants or None,
+            n=int(count) if count not in (None, "") else None,
+            expires_ms=int(exp) if exp not in (None, "") else None,
+        )
+
+    @primitive
+    async def barrier_arrive(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"who", "participants", "n", "expires_ms"})
+        if isinstance(body, web.Response):
+            return body
+        b = barrier_of(n, request.match_info["name"], body.get("participants"), body.get("n"),
+                       body.get("expires_ms"))  # fmt: skip
+        await b.arrive(str(body.get("who", "")))
+        return web.json_response({"arrived": sorted(b.arrived()), "open": b.is_open()})
+
+    @primitive
+    async def barrier_show(request: web.Request, n: Node) -> web.Response:
+        q = request.query
+        b = barrier_of(n, request.match_info["name"], q.get("participants"), q.get("n"),
+                       q.get("expires_ms"))  # fmt: skip
+        if q.get("wait"):
+            await b.wait(float(q["wait"]))
+        return web.json_response({"arrived": sorted(b.arrived()), "open": b.is_open()})
+
+    async def semaphore_of(n: Node, name: str, permits: Any) -> Any:
+        sem = semaphores.get(name)
+        if sem is None:
+            if type(permits) is not int:
+                raise InvalidArgument("the first use of a semaphore gives 'permits'")
+            sem = semaphores[name] = await n.semaphore(name, permits)
+        return sem
+
+    @primitive
+    async def semaphore_acquire(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"permits", "n", "timeout"})
+        if isinstance(body, web.Response):
+            return body
+        sem = await semaphore_of(n, request.match_info["name"], body.get("permits"))
+        k = int(body.get("n", 1))
+        try:
+            await sem.acquire(k, timeout=float(body.get("timeout", 5.0)))
+        except InsufficientRights as e:
+            return web.json_response(
+                {"error": "unavailable", "detail": str(e), "available": sem.available()},
+                status=409,
+            )
+        return web.json_response({"acquired": k, "available": sem.available()})
+
+    @primitive
+    async def semaphore_release(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"permits", "n"})
+        if isinstance(body, web.Response):
+            return body
+        sem = await semaphore_of(n, request.match_info["name"], body.get("permits"))
+        k = int(body.get("n", 1))
+        await sem.release(k)
+        return web.json_response({"released": k, "available": sem.available()})
+
+    @primitive
+    async def ratelimit(request: web.Request, n: Node) -> web.Response:
+        body = await body_of(request, {"limit", "window", "n"})
+        if isinstance(body, web.Response):
+            return body
+        limit = body.get("limit")
+        if type(limit) is not int:
+            return error(400, "bad_request", "'limit' (events per window) is required")
+        rl = n.rate_limiter(request.match_info["name"], limit, body.get("window", 1.0))
+        ok = rl.try_acquire(int(body.get("n", 1)))
+        return web.json_response(
+            {"admitted": ok, "used": rl.used(), "retry_after": 0.0 if ok else rl.retry_after()}
+        )
+
     async def on_shutdown(app: web.Application) -> None:
         for resp, req in list(watchers.items()):  # (open streams would delay shutdown)
             with contextlib.suppress(Exception):
@@ -528,6 +681,14 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     app.router.add_post("/v1/leases/{name}/acquire", lease_acquire)
     app.router.add_post("/v1/leases/{name}/release", lease_release)
     app.router.add_get("/v1/leases/{name}", lease_show)
+    app.router.add_post("/v1/elections/{name}/campaign", election_campaign)
+    app.router.add_post("/v1/elections/{name}/resign", election_resign)
+    app.router.add_get("/v1/elections/{name}", election_show)
+    app.router.add_post("/v1/barriers/{name}/arrive", barrier_arrive)
+    app.router.add_get("/v1/barriers/{name}", barrier_show)
+    app.router.add_post("/v1/semaphores/{name}/acquire", semaphore_acquire)
+    app.router.add_post("/v1/semaphores/{name}/release", semaphore_release)
+    app.router.add_post("/v1/ratelimits/{name}", ratelimit)
     return app
 
 
