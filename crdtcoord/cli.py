@@ -116,7 +116,11 @@ def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``crdtcoord`` command (plain-text help, one per subcommand)."""
     raw = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(
-        prog="crdtcoord", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=raw
+        prog="crdtcoord",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=raw,
+        allow_abbrev=False,
     )
     ap.add_argument("--version", action="version", version=f"crdtcoord {__version__}")
     sub = ap.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
@@ -126,6 +130,7 @@ def parser() -> argparse.ArgumentParser:
         description=_SERVE_DESCRIPTION,
         epilog=_SERVE_EPILOG,
         formatter_class=raw,
+        allow_abbrev=False,
     )
     sv.add_argument("--id", required=True, help="this node's id (unique in the cluster)")
     sv.add_argument(
@@ -183,7 +188,12 @@ def parser() -> argparse.ArgumentParser:
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
-            name, help=help, description=help, epilog=_CLIENT_EPILOG, formatter_class=raw
+            name,
+            help=help,
+            description=help,
+            epilog=_CLIENT_EPILOG,
+            formatter_class=raw,
+            allow_abbrev=False,
         )
         p.add_argument("--node", metavar="URL", help="the node to ask")
         p.add_argument("--token-file", metavar="F", help="file holding a client token")
@@ -274,6 +284,7 @@ def parser() -> argparse.ArgumentParser:
         help="three real nodes converge; one is killed and restarted",
         description=_DEMO_DESCRIPTION,
         formatter_class=raw,
+        allow_abbrev=False,
     )
     d.add_argument("--sim", action="store_true", help="the simulated variant (no processes)")
     d.add_argument("--seed", type=int, default=7, help="seed (updates; the simulated network)")
@@ -284,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
         description=_INSPECT_DESCRIPTION,
         epilog=_INSPECT_EPILOG,
         formatter_class=raw,
+        allow_abbrev=False,
     )
     i.add_argument("file", help="file with the encoded bytes, or - for stdin")
     i.add_argument("--hex", action="store_true", help="the input is hex text (whitespace ignored)")

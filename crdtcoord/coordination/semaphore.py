@@ -3,7 +3,11 @@
 The permits are a :class:`~crdtcoord.BoundedCounter` (``sem/<name>``) that never goes below 0
 **in any merged state**: each node may take permits only out of the rights it holds, so two
 nodes can never both take the last permit. ``acquire`` spends local rights (no message);
-``release`` gives the permit back as new rights of the releasing node.
+``release`` gives the permit back as new rights of the releasing node; a node releases only
+what it acquired (a release beyond what this node holds raises
+:class:`~crdtcoord.InvalidArgument` instead of minting permits). Permits held by a process that
+crashes stay taken (a bounded counter cannot tell a crash from a long hold): size for it, or
+use a lease per holder where a crash must give the permit back.
 
 Rights move between nodes two ways. **Proactively**: a node holding more than its share (the
 permits left divided by the nodes) above a high-water mark gives the surplus to the node with
@@ -57,6 +61,7 @@ class Semaphore:
         self._stops: list[object] = []
         self._rebalancing = False
         self._task: asyncio.Task[None] | None = None
+        self._held = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -110,6 +115,7 @@ class Semaphore:
         """Take ``n`` permits (local rights first; else ask for rights and wait)."""
         if self.local() >= n:
             await self.node.apply(self.key, BoundedCounter.Decrement(n), BoundedCounter)
+            self._held += n
             return
         deadline = time.monotonic() + timeout
         changed = asyncio.Event()
@@ -133,13 +139,26 @@ class Semaphore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(left, 0.5))
             await self.node.apply(self.key, BoundedCounter.Decrement(n), BoundedCounter)
+            self._held += n
         finally:
             stop()
             await self._ask(0)
 
     async def release(self, n: int = 1) -> None:
-        """Give ``n`` permits back (they become rights of this node)."""
+        """Give ``n`` permits back (they become rights of this node); at most what this
+        node acquired and has not released."""
+        if type(n) is not int or n < 1:
+            raise InvalidArgument("n is a positive int")
+        if n > self._held:
+            raise InvalidArgument(
+                f"semaphore {self.name!r}: releasing {n} but this node holds {self._held}"
+            )
+        self._held -= n
         await self.node.apply(self.key, BoundedCounter.Increment(n), BoundedCounter)
+
+    def held(self) -> int:
+        """Permits acquired through this handle's node and not yet released."""
+        return self._held
 
     @contextlib.asynccontextmanager
     async def hold(self, n: int = 1, *, timeout: float = 5.0):  # type: ignore[no-untyped-def]

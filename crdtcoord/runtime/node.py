@@ -162,6 +162,7 @@ class Node:
         self.ops_applied = 0
         self._early_peers: list[str] = []
         self._key_watchers: dict[str, list[Callable[[], None]]] = {}
+        self._semaphores: dict[str, Semaphore] = {}
         self.close_report = ""
         self._closing = False  # close() began: updates are refused
 
@@ -250,8 +251,10 @@ class Node:
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watchdog
+        for sem in self._semaphores.values():
+            sem.close()
         await self.escalator.close()
         if self.consensus is not None:
             with contextlib.suppress(Exception):
@@ -623,8 +626,18 @@ class Node:
         return Barrier(self, name, participants, n=n, expires_ms=expires_ms)
 
     async def semaphore(self, name: str, permits: int, *, init: bool | None = None) -> Semaphore:
-        """A cluster-wide semaphore of ``permits`` (escrowed rights; see the module doc)."""
-        return await Semaphore(self, name, permits).init(init=init)
+        """A cluster-wide semaphore of ``permits`` (escrowed rights; see the module doc).
+        One handle per name and node: a second call returns the first handle (its
+        ``permits`` must agree)."""
+        sem = self._semaphores.get(name)
+        if sem is not None:
+            if sem.permits != permits:
+                raise InvalidArgument(
+                    f"semaphore {name!r} has {sem.permits} permits here, not {permits}"
+                )
+            return sem
+        sem = await Semaphore(self, name, permits).init(init=init)
+        return self._semaphores.setdefault(name, sem)
 
     def rate_limiter(self, name: str, limit: int, window: float) -> RateLimiter:
         """At most ``limit`` events per ``window`` seconds cluster-wide, decided locally."""

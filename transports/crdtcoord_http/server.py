@@ -526,6 +526,33 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             return error(400, "unknown_field", f"unknown field(s) {unknown}")
         return body
 
+    def number(body: Any, key: str, default: float, *, low: float = 0.0) -> float:
+        """A finite number >= ``low`` from a JSON body or query (strings allowed in queries)."""
+        v = body.get(key, default)
+        if v in (None, ""):
+            v = default
+        if isinstance(v, str) and not isinstance(body, dict):
+            try:
+                v = float(v)
+            except ValueError:
+                raise InvalidArgument(f"{key!r} is a number") from None
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise InvalidArgument(f"{key!r} is a number")
+        if v < low:
+            raise InvalidArgument(f"{key!r} must be >= {low}")
+        return float(v)
+
+    def count(body: Any, key: str, default: int | None, *, low: int = 1) -> int | None:
+        """A whole number >= ``low`` (or the default when absent)."""
+        v = body.get(key, default)
+        if v in (None, ""):
+            return default
+        if isinstance(v, str) and v.isdigit() and not isinstance(body, dict):
+            v = int(v)  # (a query string; JSON bodies must send numbers)
+        if type(v) is not int or v < low or v > 2**62:
+            raise InvalidArgument(f"{key!r} is a whole number >= {low}")
+        return v
+
     def primitive(handler: Any) -> Any:
         """Client auth, then the handler; coordination errors as JSON."""
 
@@ -554,7 +581,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         name, cand = request.match_info["name"], body.get("candidate")
         if not isinstance(cand, str) or not cand:
             return error(400, "bad_request", "a non-empty 'candidate' is required")
-        ttl, timeout = float(body.get("ttl", 5.0)), float(body.get("timeout", 30.0))
+        ttl = number(body, "ttl", 5.0, low=0.001)
+        timeout = number(body, "timeout", 30.0)
         lead = await asyncio.wait_for(n.election(name).campaign(cand, ttl), timeout)
         old = leaderships.pop((name, cand), None)
         if old is not None:
@@ -580,7 +608,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             {"leader": e.leader(), "term": rec.token if rec else 0, "weak_leader": e.weak_leader()}
         )
 
-    def barrier_of(n: Node, name: str, participants: Any, count: Any, exp: Any) -> Any:
+    def barrier_of(n: Node, name: str, participants: Any, src: Any) -> Any:
         if isinstance(participants, str):
             participants = [p for p in participants.split(",") if p]
         if participants is not None and not (
@@ -590,8 +618,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         return n.barrier(
             name,
             participants or None,
-            n=int(count) if count not in (None, "") else None,
-            expires_ms=int(exp) if exp not in (None, "") else None,
+            n=count(src, "n", None),
+            expires_ms=count(src, "expires_ms", None, low=0),
         )
 
     @primitive
@@ -599,26 +627,30 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body = await body_of(request, {"who", "participants", "n", "expires_ms"})
         if isinstance(body, web.Response):
             return body
-        b = barrier_of(n, request.match_info["name"], body.get("participants"), body.get("n"),
-                       body.get("expires_ms"))  # fmt: skip
-        await b.arrive(str(body.get("who", "")))
+        who = body.get("who")
+        if not isinstance(who, str) or not who:
+            return error(400, "bad_request", "a non-empty 'who' is required")
+        b = barrier_of(n, request.match_info["name"], body.get("participants"), body)
+        await b.arrive(who)
         return web.json_response({"arrived": sorted(b.arrived()), "open": b.is_open()})
 
     @primitive
     async def barrier_show(request: web.Request, n: Node) -> web.Response:
         q = request.query
-        b = barrier_of(n, request.match_info["name"], q.get("participants"), q.get("n"),
-                       q.get("expires_ms"))  # fmt: skip
-        if q.get("wait"):
-            await b.wait(float(q["wait"]))
+        b = barrier_of(n, request.match_info["name"], q.get("participants"), q)
+        if wait := number(q, "wait", 0.0):
+            with contextlib.suppress(TimeoutError):
+                await b.wait(wait)
         return web.json_response({"arrived": sorted(b.arrived()), "open": b.is_open()})
 
     async def semaphore_of(n: Node, name: str, permits: Any) -> Any:
         sem = semaphores.get(name)
         if sem is None:
-            if type(permits) is not int:
-                raise InvalidArgument("the first use of a semaphore gives 'permits'")
+            if type(permits) is not int or permits < 1:
+                raise InvalidArgument("the first use of a semaphore gives 'permits' (>= 1)")
             sem = semaphores[name] = await n.semaphore(name, permits)
+        elif permits is not None and permits != sem.permits:
+            raise InvalidArgument(f"semaphore {name!r} has {sem.permits} permits, not {permits}")
         return sem
 
     @primitive
@@ -626,10 +658,12 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body = await body_of(request, {"permits", "n", "timeout"})
         if isinstance(body, web.Response):
             return body
+        k = count(body, "n", 1)
+        assert k is not None
+        timeout = number(body, "timeout", 5.0)  # (all checked before the first use creates it)
         sem = await semaphore_of(n, request.match_info["name"], body.get("permits"))
-        k = int(body.get("n", 1))
         try:
-            await sem.acquire(k, timeout=float(body.get("timeout", 5.0)))
+            await sem.acquire(k, timeout=timeout)
         except InsufficientRights as e:
             return web.json_response(
                 {"error": "unavailable", "detail": str(e), "available": sem.available()},
@@ -642,8 +676,12 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body = await body_of(request, {"permits", "n"})
         if isinstance(body, web.Response):
             return body
-        sem = await semaphore_of(n, request.match_info["name"], body.get("permits"))
-        k = int(body.get("n", 1))
+        k = count(body, "n", 1)
+        assert k is not None
+        name = request.match_info["name"]
+        if name not in semaphores:  # (nothing acquired here: do not create it to refuse)
+            raise InvalidArgument(f"semaphore {name!r}: releasing {k} but this node holds 0")
+        sem = await semaphore_of(n, name, body.get("permits"))
         await sem.release(k)
         return web.json_response({"released": k, "available": sem.available()})
 
@@ -652,11 +690,15 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body = await body_of(request, {"limit", "window", "n"})
         if isinstance(body, web.Response):
             return body
-        limit = body.get("limit")
-        if type(limit) is not int:
+        limit = count(body, "limit", None)
+        if limit is None:
             return error(400, "bad_request", "'limit' (events per window) is required")
-        rl = n.rate_limiter(request.match_info["name"], limit, body.get("window", 1.0))
-        ok = rl.try_acquire(int(body.get("n", 1)))
+        rl = n.rate_limiter(
+            request.match_info["name"], limit, number(body, "window", 1.0, low=0.001)
+        )
+        k = count(body, "n", 1)
+        assert k is not None
+        ok = rl.try_acquire(k)
         return web.json_response(
             {"admitted": ok, "used": rl.used(), "retry_after": 0.0 if ok else rl.retry_after()}
         )
