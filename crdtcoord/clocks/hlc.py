@@ -41,10 +41,25 @@ class Timestamp:
 
     def plus(self, ms: int) -> Timestamp:
         """The timestamp ``ms`` milliseconds later (logical part reset): used for expiries."""
-        return Timestamp(self.wall + ms, 0)
+        wall = self.wall + ms
+        if type(ms) is not int or not 0 <= wall <= INT_MAX:
+            return Timestamp(wall, 0)  # (raises the descriptive error)
+        return _trusted(wall, 0)
 
     def to_wire(self) -> list[int]:
         return [self.wall, self.logical]
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _trusted(wall: int, logical: int) -> Timestamp:
+    """A Timestamp from ints already known valid (the clock's own arithmetic): no checks."""
+    t = _new(Timestamp)
+    _set(t, "wall", wall)
+    _set(t, "logical", logical)
+    return t
 
 
 ZERO = Timestamp(0, 0)
@@ -90,7 +105,7 @@ class HLC:
         pt = self.physical()
         last = self._last
         if pt > last.wall:
-            ts = Timestamp(pt, 0)
+            ts = _trusted(pt, 0) if 0 < pt <= INT_MAX else Timestamp(pt, 0)
         else:
             ts = Timestamp(last.wall, last.logical + 1)
         self._last = ts
@@ -115,7 +130,8 @@ class HLC:
             logical = remote.logical + 1
         else:
             logical = 0
-        ts = Timestamp(wall, logical)
+        ok = logical <= INT_MAX and wall > 0
+        ts = _trusted(wall, logical) if ok else Timestamp(wall, logical)
         self._last = ts
         return ts
 

@@ -5,14 +5,22 @@ Recipe (etcd's own advice after Jepsen's 2020 analysis): a lease is a key
 ``{"holder", "lease"}`` attached to an etcd lease of the requested TTL; the **fencing token is the
 key's create revision** (cluster-wide, strictly increasing across holders). Renewing is a
 keep-alive of the etcd lease plus a check that the key still has that create revision; releasing
-is a transaction that deletes the key only if its create revision is still the token, then a
-revoke. A decision is a key ``<prefix>decision/<key>`` created once (``CREATE == 0``); a losing
-proposer gets the stored value in the same round trip.
+is a transaction that deletes the key only if its create revision is still the token (the
+etcd lease is then revoked in the background). A decision is a key ``<prefix>decision/<key>``
+created once (``CREATE == 0``); a losing proposer gets the stored value in the same round trip.
 
 The gateway's quirks are handled: bytes are base64, int64 come back as strings, zero values are
 omitted (a failed transaction has no ``succeeded``, a missing key no ``kvs``, a dead lease no
 ``TTL``). A call that times out has an **unknown outcome**: acquire and decide re-read the key
 before answering. etcd's smallest lease TTL is 2 s, and TTLs are whole seconds (rounded up).
+
+**One round trip per acquire.** Granting an etcd lease and then creating the key would be two
+round trips. Instead the plug-in keeps one *spare* etcd lease per TTL in use, granted ahead and
+kept alive in the background (every TTL/4; dropped after a minute unused), and an acquire
+attaches the key to the spare in its single transaction. The grant's safe term counts from the
+spare's last keep-alive *sent* (so it may start up to TTL/4 shorter than asked, never longer
+than etcd will keep the key); a refused acquire keeps the spare. Renewing sends its two calls
+concurrently: every operation is one round trip.
 """
 
 from __future__ import annotations
@@ -71,24 +79,111 @@ class EtcdConsensus:
         self._current = 0
         self.calls = 0
         self.errors = 0
+        #: TTL (s) -> (etcd lease id, monotonic time its last grant/keep-alive was sent)
+        self._spares: dict[int, tuple[str, float]] = {}
+        self._spare_used: dict[int, float] = {}
+        self._spare_tasks: dict[int, asyncio.Task[None]] = {}
+        self._closed = False
+        self._refilling: set[int] = set()
 
     # ------------------------------------------------------------------ plumbing
 
     async def start(self) -> None:
+        self._closed = False
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=self.timeout)
             )
 
     async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._spare_tasks.values())
+        self._spare_tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        spares, self._spares = list(self._spares.values()), {}
+        if self._session is not None:
+            for lease, _ in spares:  # (else they would expire by themselves)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._revoke(lease), 1.0)
         s, self._session = self._session, None
         if s is not None:
             await s.close()
+
+    # ------------------------------------------------------------------ spare leases
+
+    async def _take_lease(self, ttl_s: int) -> tuple[str, float]:
+        """An etcd lease of ``ttl_s`` and the time its last grant or keep-alive was sent: the
+        spare if it is fresh (a new spare is granted in the background), else one granted now."""
+        self._spare_used[ttl_s] = time.monotonic()
+        spare = self._spares.pop(ttl_s, None)
+        if ttl_s not in self._refilling:
+            self._refilling.add(ttl_s)
+            self._background(self._refill(ttl_s))
+        t = self._spare_tasks.get(ttl_s)
+        if t is None or t.done():
+            self._spare_tasks[ttl_s] = asyncio.ensure_future(self._spare_loop(ttl_s))
+        if spare is not None and time.monotonic() - spare[1] < ttl_s / 2:
+            return spare
+        if spare is not None:
+            self._background(self._revoke(spare[0]))
+        sent = time.monotonic()
+        return await self._grant(ttl_s), sent
+
+    def _give_back(self, ttl_s: int, lease: str, sent: float) -> None:
+        """An unused lease: the spare again if the slot is empty, else revoked."""
+        if ttl_s not in self._spares and time.monotonic() - sent < ttl_s / 2:
+            self._spares[ttl_s] = (lease, sent)
+        else:
+            self._background(self._revoke(lease))
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _refill(self, ttl_s: int) -> None:
+        try:
+            sent = time.monotonic()
+            lease = await self._grant(ttl_s)
+            if self._closed:
+                await self._revoke(lease)
+            else:
+                self._give_back(ttl_s, lease, sent)
+        finally:
+            self._refilling.discard(ttl_s)
+
+    async def _spare_loop(self, ttl_s: int) -> None:
+        """Keep the spare lease of ``ttl_s`` alive while acquires use that TTL (every TTL/4)."""
+        period = ttl_s / 4
+        while time.monotonic() - self._spare_used.get(ttl_s, 0.0) < 60.0:
+            await asyncio.sleep(period / 2)
+            spare = self._spares.get(ttl_s)
+            sent = time.monotonic()
+            if spare is None or sent - spare[1] < period:
+                continue
+            try:
+                left = await self._keepalive(spare[0])
+            except (TimeoutError, ConsensusError):
+                continue  # (etcd away: the spare ages out; acquires grant their own)
+            if self._spares.get(ttl_s) == spare:
+                if left > 0:
+                    self._spares[ttl_s] = (spare[0], sent)
+                else:
+                    del self._spares[ttl_s]
+        spare = self._spares.pop(ttl_s, None)
+        self._spare_tasks.pop(ttl_s, None)
+        if spare is not None:
+            await self._revoke(spare[0])
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One gateway call, trying each endpoint once; :class:`ConsensusUnavailable` if none
         answers (the outcome of a mutation is then unknown)."""
         if self._session is None:
+            if self._closed:
+                raise ConsensusUnavailable("the etcd plug-in is closed")
             await self.start()
         assert self._session is not None
         self.calls += 1
@@ -149,8 +244,7 @@ class EtcdConsensus:
         check_lease_args(name, holder, ttl_ms)
         ttl_s = max(2, math.ceil(ttl_ms / 1000))
         key = self._key("lease", name)
-        sent = time.monotonic()
-        lease = await self._grant(ttl_s)
+        lease, sent = await self._take_lease(ttl_s)
         value = json.dumps({"holder": holder, "lease": lease})
         txn = {
             "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL",
@@ -173,7 +267,8 @@ class EtcdConsensus:
         if out.get("succeeded", False):
             token = int(out["header"]["revision"])
             return Grant(name, holder, token, ttl_s * 1000, valid_until(sent, ttl_s * 1000), lease)
-        await self._revoke(lease)  # (not needed: the key exists)
+        self._give_back(ttl_s, lease, sent)  # (not needed: the key exists)
+        sent = time.monotonic()
         resp = (out.get("responses") or [{}])[0].get("response_range", {})
         kvs = resp.get("kvs") or []
         if not kvs:  # deleted in between: try once more
@@ -202,10 +297,11 @@ class EtcdConsensus:
 
     async def renew(self, grant: Grant) -> Grant:
         sent = time.monotonic()
-        kv = await self._range(self._key("lease", grant.name))
+        kv, ttl = await asyncio.gather(
+            self._range(self._key("lease", grant.name)), self._keepalive(grant.handle)
+        )
         if kv is None or int(kv["create_revision"]) != grant.token:
             raise LeaseLost(f"lease {grant.name!r}: grant {grant.token} is no longer held")
-        ttl = await self._keepalive(grant.handle)
         if ttl <= 0:
             raise LeaseLost(f"lease {grant.name!r}: its etcd lease expired")
         return Grant(
@@ -222,8 +318,8 @@ class EtcdConsensus:
             "failure": [],
         }  # fmt: skip
         out = await self._post("/v3/kv/txn", txn)
-        if grant.handle:
-            await self._revoke(grant.handle)
+        if grant.handle:  # (the key is gone: the lease is only cleaned up, off the path)
+            self._background(self._revoke(grant.handle))
         return bool(out.get("succeeded", False))
 
     async def read(self, name: str) -> LeaseState:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crdtcoord._exceptions import InvalidArgument
+from crdtcoord._wire import check_replica
 from crdtcoord.consensus.base import (
     Consensus,
     ConsensusError,
@@ -54,6 +55,28 @@ __all__ = ["Escalator", "LeaseHandle", "LocalGrant", "lease_key"]
 log = logging.getLogger("crdtcoord.coordination")
 
 MODES = ("strong", "optimistic")
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _acquire_op(holder: str, ttl_ms: int) -> Lease.Acquire:
+    """``Lease.Acquire(holder, ttl_ms)`` for arguments already checked."""
+    op = _new(Lease.Acquire)
+    _set(op, "holder", holder)
+    _set(op, "ttl_ms", ttl_ms)
+    return op
+
+
+def check_holder(holder: object) -> str:
+    """A holder is a non-empty str of at most 255 UTF-8 bytes (the replica-id rule)."""
+    try:
+        return check_replica(holder)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"holder must be a non-empty str of at most 255 UTF-8 bytes: {holder!r}"
+        ) from None
 
 
 def lease_key(name: str) -> str:
@@ -80,7 +103,7 @@ class LocalGrant:
     #: another holder claimed the lease concurrently with the same token (optimistic mode): a
     #: decision is coming; until then both hold it (the documented double-holding window)
     contested: bool = False
-    _event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _event: asyncio.Event | None = field(default=None, repr=False)  # (made when awaited)
 
     def remaining(self) -> float:
         """Seconds of safe term left (monotonic clock); negative once over."""
@@ -98,10 +121,15 @@ class LocalGrant:
         if not self.lost:
             self.lost = True
             self.reason = reason
-            self._event.set()
+            if self._event is not None:
+                self._event.set()
 
     async def wait_lost(self) -> None:
         """Return when the grant is lost (for a task that must stop at once)."""
+        if self.lost:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
         await self._event.wait()
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,8 +157,8 @@ class LeaseHandle:
 
     def record(self) -> LeaseInfo | None:
         """The replicated record as this node sees it (possibly stale: see the module doc)."""
-        state = self.node.state(self.key)
-        return state.value() if isinstance(state, Lease) else None
+        v = self.node.value(self.key)  # (a LeaseInfo is immutable: no copy needed)
+        return v if isinstance(v, LeaseInfo) else None
 
     def holder(self) -> str | None:
         """The holder if the local replica says the lease is held now, else None. A stale
@@ -169,24 +197,23 @@ class LeaseHandle:
     async def acquire(self, holder: str, ttl: float, *, mode: str | None = None) -> LocalGrant:
         """Grant the lease to ``holder`` for ``ttl`` seconds (renew if it holds it already);
         :class:`~crdtcoord.LeaseHeld` if someone else holds it."""
+        node = self.node
+        if (mode is None and node.consensus is None) or mode == "optimistic":
+            # the memory-speed path: arguments checked here, the op built without re-checks and
+            # applied at once (no suspension)
+            ttl_ms = _ttl_ms(ttl)
+            sent = time.monotonic()
+            node.apply_local(self.key, Lease, _acquire_op(check_holder(holder), ttl_ms))
+            rec = node.value(self.key)
+            assert isinstance(rec, LeaseInfo) and rec.holder == holder
+            until = valid_until(sent, ttl_ms)
+            return node.grants.adopt(self.name, holder, rec.token, ttl_ms, "optimistic", until)
         mode = self._mode(mode)
         ttl_ms = _ttl_ms(ttl)
-        node = self.node
-        sent = time.monotonic()
-        if mode == "strong":
-            assert node.consensus is not None
-            g = await node.consensus.acquire(self.name, holder, ttl_ms)
-            await self._publish(g)
-            grant = LocalGrant(self.name, holder, g.token, g.ttl_ms, mode, g.valid_until, g)
-        else:
-            await node.apply(self.key, Lease.Acquire(holder, ttl_ms), Lease)
-            rec = self.record()
-            assert rec is not None and rec.holder == holder
-            grant = LocalGrant(
-                self.name, holder, rec.token, ttl_ms, mode, valid_until(sent, ttl_ms)
-            )
-        node.grants.track(grant)
-        return grant
+        assert node.consensus is not None
+        g = await node.consensus.acquire(self.name, holder, ttl_ms)
+        await self._publish(g)
+        return node.grants.adopt(self.name, holder, g.token, g.ttl_ms, mode, g.valid_until, g)
 
     async def _publish(self, g: Grant) -> None:
         """Mirror a consensus grant into the replicated key (local reads everywhere)."""
@@ -314,15 +341,42 @@ class Grants:
         self.lost: list[LocalGrant] = []
         self.on_lost: Callable[[LocalGrant], None] | None = None
 
-    def track(self, g: LocalGrant) -> None:
-        lst = self._by_key.setdefault(lease_key(g.name), [])
-        lst[:] = [x for x in lst if not x.lost and x is not g]
+    def adopt(
+        self,
+        name: str,
+        holder: str,
+        token: int,
+        ttl_ms: int,
+        mode: str,
+        until: float,
+        consensus: Grant | None = None,
+    ) -> LocalGrant:
+        """The caller's grant for this acquire: the live grant of ``holder`` with ``token`` if
+        there is one (a renewal: its term extended), else a new one, tracked."""
+        key = "lease/" + name
+        lst = self._by_key.get(key)
+        if lst is None:
+            g = LocalGrant(name, holder, token, ttl_ms, mode, until, consensus)
+            self._by_key[key] = [g]
+            return g
+        for g in lst:
+            if g.holder == holder and g.token == token and g.mode == mode and not g.lost:
+                g.valid_until, g.ttl_ms = until, ttl_ms
+                if consensus is not None:
+                    g.consensus = consensus
+                return g
+        g = LocalGrant(name, holder, token, ttl_ms, mode, until, consensus)
+        lst[:] = [x for x in lst if not x.lost]
         lst.append(g)
+        return g
 
     def untrack(self, g: LocalGrant) -> None:
-        lst = self._by_key.get(lease_key(g.name))
+        key = lease_key(g.name)
+        lst = self._by_key.get(key)
         if lst is not None and g in lst:
             lst.remove(g)
+            if not lst:
+                del self._by_key[key]
 
     def changed(self, key: str, rec: LeaseInfo | None) -> None:
         lst = self._by_key.get(key)

@@ -20,6 +20,7 @@ timestamps) and ``granted_by`` (the replica that wrote it) — and merge keeps t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
@@ -80,6 +81,10 @@ def _stamp(state: Lease, ctx: UpdateContext) -> Timestamp:
     return ctx.stamp_after(rec.granted_at if rec is not None else None)
 
 
+_new = object.__new__
+_info = functools.partial(tuple.__new__, LeaseInfo)
+
+
 @wire_type(tag=10)
 class Lease(CRDTBase):
     """A replicated lease record; see the module documentation for what it does and does not
@@ -100,7 +105,8 @@ class Lease(CRDTBase):
         FIELDS = ("holder", "ttl")
 
         def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
-            return state.acquire(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
+            # (fields checked when the op was built, the replica by the engine)
+            return state._acquire(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
 
     @dataclass(frozen=True, slots=True)
     class Renew(Op):
@@ -111,7 +117,7 @@ class Lease(CRDTBase):
         FIELDS = ("holder", "ttl")
 
         def apply(self, state: Lease, ctx: UpdateContext) -> Lease:
-            return state.renew(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
+            return state._renew(ctx.replica, self.holder, _stamp(state, ctx), self.ttl_ms)
 
     @dataclass(frozen=True, slots=True)
     class Release(Op):
@@ -198,9 +204,11 @@ class Lease(CRDTBase):
     # ------------------------------------------------------------------ mutators
 
     def _write(self, rec: LeaseInfo) -> Lease:
-        delta = Lease()
+        """Install ``rec`` and return it as the delta. Every caller builds a record that is
+        the current one or dominates it (a larger token, epoch or expiry): no merge needed."""
+        delta = _new(Lease)
         delta._rec = rec
-        self.merge(delta)
+        self._rec = rec
         return delta
 
     def _next_token(self, at_least: int = 0) -> int:
@@ -218,13 +226,15 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
-        now = _check_now(now, self._rec)
+        return self._acquire(replica, holder, _check_now(now, self._rec), ttl)
+
+    def _acquire(self, replica: str, holder: str, now: Timestamp, ttl: int) -> Lease:
         rec = self._rec
         if rec is not None and rec.held_at(now):
             if rec.holder != holder:
                 assert rec.holder is not None
                 raise LeaseHeld(rec.holder, rec.expiry, rec.token)
-            return self.renew(replica, holder, now, ttl)
+            return self._renew(replica, holder, now, ttl)
         return self._write(
             LeaseInfo(holder, self._next_token(), self.epoch + 1, now, now.plus(ttl), replica)
         )
@@ -238,7 +248,9 @@ class Lease(CRDTBase):
         check_replica(replica)
         holder = _check_holder(holder)
         ttl = _check_ttl(ttl_ms)
-        now = _check_now(now, self._rec)
+        return self._renew(replica, holder, _check_now(now, self._rec), ttl)
+
+    def _renew(self, replica: str, holder: str, now: Timestamp, ttl: int) -> Lease:
         rec = self._rec
         if rec is None or rec.holder != holder:
             raise NotLeaseHolder(f"{holder!r} does not hold this lease")
@@ -247,7 +259,9 @@ class Lease(CRDTBase):
         expiry = now.plus(ttl)
         if expiry <= rec.expiry:
             return self._write(rec)  # nothing to extend: the delta is the current record
-        return self._write(rec._replace(expiry=expiry, granted_by=replica))
+        return self._write(
+            _info((rec.holder, rec.token, rec.epoch, rec.granted_at, expiry, replica))
+        )
 
     def release(self, replica: str, holder: str, now: Timestamp | HLC) -> Lease:
         """Give the lease up (same token, next epoch: beats any concurrent renewal)."""
