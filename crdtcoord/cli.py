@@ -257,6 +257,12 @@ def parser() -> argparse.ArgumentParser:
     el.add_argument("--candidate", help="who campaigns or resigns")
     el.add_argument("--ttl", type=float, default=5.0, metavar="S", help="leader lease (default 5)")
     el.add_argument("--timeout", type=float, metavar="S", help="campaign at most S seconds")
+    el.add_argument(
+        "--keep",
+        action="store_true",
+        help="campaign: stay leader until interrupted (checks in every ttl/3; without it the"
+        " lead lapses one ttl after the answer); exit 3 when the lead is lost",
+    )
     br = client("barrier", "arrive at or show a barrier (exit 3: not open yet)")
     br.add_argument("action", choices=("arrive", "show"))
     br.add_argument("name")

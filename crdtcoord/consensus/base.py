@@ -93,7 +93,8 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class LeaseState:
     """A lease as the consensus system holds it: ``holder`` None when free (``token`` is then
-    the last one handed out), ``expires_in`` seconds left in its own view."""
+    the last one handed out with Local and Raft, 0 with etcd, which keeps no key for a free
+    lease), ``expires_in`` seconds left in its own view."""
 
     name: str
     holder: str | None

@@ -268,7 +268,6 @@ class EtcdConsensus:
             token = int(out["header"]["revision"])
             return Grant(name, holder, token, ttl_s * 1000, valid_until(sent, ttl_s * 1000), lease)
         self._give_back(ttl_s, lease, sent)  # (not needed: the key exists)
-        sent = time.monotonic()
         resp = (out.get("responses") or [{}])[0].get("response_range", {})
         kvs = resp.get("kvs") or []
         if not kvs:  # deleted in between: try once more
@@ -277,12 +276,27 @@ class EtcdConsensus:
         current = self._value(kv)
         token = int(kv["create_revision"])
         if current.get("holder") == holder:
-            # already ours: renew it (same token)
+            # already ours: a renewal with the TTL asked now (same token): the key moves to a
+            # lease of that TTL in one transaction, the old lease is revoked off the path
             old = str(current.get("lease", ""))
-            ttl = await self._keepalive(old) if old else 0
-            if ttl > 0:
-                return Grant(name, holder, token, ttl_s * 1000, valid_until(sent, ttl * 1000), old)
-            return await self.acquire(name, holder, ttl_ms)  # (it just expired)
+            new, new_sent = await self._take_lease(ttl_s)
+            value = json.dumps({"holder": holder, "lease": new})
+            move = {
+                "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+                             "create_revision": str(token)}],
+                "success": [{"request_put": {"key": _b64(key), "value": _b64(value),
+                                             "lease": new}}],
+                "failure": [],
+            }  # fmt: skip
+            moved = await self._post("/v3/kv/txn", move)
+            if moved.get("succeeded", False):
+                if old and old != new:
+                    self._background(self._revoke(old))
+                return Grant(
+                    name, holder, token, ttl_s * 1000, valid_until(new_sent, ttl_s * 1000), new
+                )
+            self._give_back(ttl_s, new, new_sent)
+            return await self.acquire(name, holder, ttl_ms)  # (it just expired or moved)
         left = await self._lease_left(str(current.get("lease", "")))
         raise LeaseHeld(str(current.get("holder")), f"in {left:.3f} s", token)
 

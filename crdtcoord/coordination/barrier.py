@@ -51,6 +51,12 @@ class Barrier:
         self.participants = frozenset(participants) if participants is not None else None
         if self.participants is not None and not self.participants:
             raise InvalidArgument("a barrier needs at least one participant")
+        if n is not None and (type(n) is not int or n < 1):
+            raise InvalidArgument("n is a positive int")
+        if n is not None and self.participants is not None and n > len(self.participants):
+            raise InvalidArgument(
+                f"n={n} but only {len(self.participants)} participants: it could never open"
+            )
         self.n = n
 
     @classmethod
@@ -87,7 +93,9 @@ class Barrier:
         """Record ``who``'s arrival (idempotent)."""
         if self.participants is not None and who not in self.participants:
             raise InvalidArgument(f"{who!r} is not a participant of barrier {self.name!r}")
+        self._needed()  # (a barrier that can never tell when it opens is refused first)
         await self.node.apply(self.key, GSet.Add(who), GSet)
+        self.node.persist_now()  # (an arrival the caller was told of survives a crash)
 
     async def wait(self, timeout: float | None = None) -> frozenset[str]:
         """Return the arrivals once enough arrived (:class:`TimeoutError` after ``timeout``)."""

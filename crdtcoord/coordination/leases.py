@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -34,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from crdtcoord._exceptions import InvalidArgument
+from crdtcoord._exceptions import InvalidArgument, LeaseHeld
 from crdtcoord._wire import check_replica
 from crdtcoord.consensus.base import (
     Consensus,
@@ -204,6 +203,7 @@ class LeaseHandle:
             ttl_ms = _ttl_ms(ttl)
             sent = time.monotonic()
             node.apply_local(self.key, Lease, _acquire_op(check_holder(holder), ttl_ms))
+            node.persist_now()  # (a token is handed out once: a crash must not forget it)
             rec = node.value(self.key)
             assert isinstance(rec, LeaseInfo) and rec.holder == holder
             until = valid_until(sent, ttl_ms)
@@ -212,6 +212,19 @@ class LeaseHandle:
         ttl_ms = _ttl_ms(ttl)
         assert node.consensus is not None
         g = await node.consensus.acquire(self.name, holder, ttl_ms)
+        rec = self.record()
+        if (
+            rec is not None
+            and rec.holder not in (None, holder)
+            and rec.token >= g.token
+            and rec.expiry.wall > node.hlc_now_ms()
+        ):
+            # a live optimistic claim the consensus never saw, with a token this grant cannot
+            # dominate (a stale copy of an earlier strong grant has a smaller token): the two
+            # modes must not hand one lease to two holders a fence cannot tell apart
+            with contextlib.suppress(Exception):
+                await node.consensus.release(g)
+            raise LeaseHeld(rec.holder, rec.expiry, rec.token)
         await self._publish(g)
         return node.grants.adopt(self.name, holder, g.token, g.ttl_ms, mode, g.valid_until, g)
 
@@ -380,29 +393,32 @@ class Grants:
 
     def changed(self, key: str, rec: LeaseInfo | None) -> None:
         lst = self._by_key.get(key)
-        if not lst:
+        if not lst or rec is None:
             return
         for g in list(lst):
-            if rec is None or (rec.holder == g.holder and rec.token == g.token):
-                continue
-            if rec.holder == g.holder and rec.token > g.token and g.contested:
-                g.token = rec.token  # a decision in this grant's favour: its new token
+            if g.mode == "strong" or (rec.holder == g.holder and rec.token == g.token):
+                continue  # (a strong grant answers to consensus only: its renewals tell)
+            if rec.token < g.token:
+                continue  # an older record: this grant is newer
+            if rec.holder == g.holder and g.remaining() > 0:
+                # a larger token for the same holder while its term runs: the decision of a
+                # conflict in this grant's favour (or the same holder granted it elsewhere)
+                g.token = rec.token
                 g.contested = False
                 continue
             if rec.token == g.token and rec.holder is not None and self._decides():
-                g.contested = True  # a concurrent claim: the decision will settle it
+                g.contested = True  # a concurrent claim at the same token: a decision is coming
                 continue
-            if rec.token >= g.token:
-                why = (
-                    f"now held by {rec.holder!r} with token {rec.token}"
-                    if rec.holder is not None
-                    else f"revoked (token {rec.token})"
-                )
-                g._lose(why)
-                lst.remove(g)
-                self.lost.append(g)
-                if self.on_lost is not None:
-                    self.on_lost(g)
+            why = (
+                f"now held by {rec.holder!r} with token {rec.token}"
+                if rec.holder is not None
+                else f"revoked (token {rec.token})"
+            )
+            g._lose(why)
+            lst.remove(g)
+            self.lost.append(g)
+            if self.on_lost is not None:
+                self.on_lost(g)
 
     def held(self) -> list[LocalGrant]:
         return [g for lst in self._by_key.values() for g in lst if not g.lost]
@@ -411,22 +427,19 @@ class Grants:
 # ---------------------------------------------------------------------- escalation
 
 
-def conflict_id(key: str, a: LeaseInfo, b: LeaseInfo) -> str:
-    """The same id for the same pair of claims, on any node, whatever side it saw first."""
-    claims = sorted(
-        [(x.holder or "", x.token, x.granted_at.wall, x.granted_at.logical) for x in (a, b)]
-    )
-    digest = hashlib.sha256(json.dumps([key, claims]).encode()).hexdigest()[:32]
-    return f"{key}#{digest}"
+def conflict_id(key: str, token: int) -> str:
+    """One conflict per key and contested token, whichever node sees it and whichever pair of
+    its claims it sees: claims at the same token were all granted from the same record."""
+    return f"{key}@{token}"
 
 
-def decide_between(a: LeaseInfo, b: LeaseInfo) -> dict[str, Any]:
-    """The deterministic proposal: the earlier claim wins (then the smaller holder), with a
-    token larger than both claims'."""
-    winner = min((a, b), key=lambda r: (r.granted_at, r.holder or ""))
+def decide_between(claims: list[LeaseInfo]) -> dict[str, Any]:
+    """The deterministic proposal among claims at one token: the earliest claim wins (then the
+    smaller holder), with the next token."""
+    winner = min(claims, key=lambda r: (r.granted_at, r.holder or ""))
     return {
         "holder": winner.holder,
-        "token": max(a.token, b.token) + 1,
+        "token": max(c.token for c in claims) + 1,
         "expiry_ms": winner.expiry.wall,
     }
 
@@ -439,6 +452,7 @@ class EscalationStats:
     retries: int = 0
     failed: int = 0
     undecided: int = 0  # no consensus configured: the merge order settled it
+    dominated: int = 0  # different tokens: the larger one wins the merge, nothing to decide
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -448,9 +462,12 @@ class Escalator:
     """Turns the engine's :class:`~crdtcoord.engine.Escalation` events into decisions.
 
     ``hook`` replaces the default: it gets the event (and may return an awaitable). The default
-    proposes :func:`decide_between` to the consensus plug-in under :func:`conflict_id` (retried
-    with bounded backoff), then writes the decision as a ``Lease.Force`` that dominates both
-    claims, unless the replica already shows it."""
+    escalates only claims at the **same token** (two grants made from the same record: a fence
+    cannot tell them apart); claims at different tokens need nothing, the larger token wins the
+    merge and the other holder is told. It proposes :func:`decide_between` (the earliest claim
+    this node knows at that token) under :func:`conflict_id` (one decision per key and token,
+    retried with bounded backoff), then writes it as a ``Lease.Force`` with the next token,
+    unless the replica already holds that token or a newer one."""
 
     def __init__(
         self,
@@ -465,7 +482,8 @@ class Escalator:
         self.hook = hook
         self.attempts = attempts
         self.stats = EscalationStats()
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, list[LeaseInfo]] = {}  # conflict -> the claims seen
+        self._decided: dict[str, dict[str, Any]] = {}  # the last decisions, by conflict
         self._tasks: set[asyncio.Task[None]] = set()
         self.decisions: list[dict[str, Any]] = []  # the last ones, for status
 
@@ -486,22 +504,33 @@ class Escalator:
             self.stats.undecided += 1
             log.info("conflict on %s settled by merge order (no consensus plug-in)", e.key)
             return
-        cid = conflict_id(e.key, a, b)
-        if cid in self._inflight:
+        if a.token != b.token:
+            self.stats.dominated += 1
             return
-        self._inflight.add(cid)
-        self._spawn(self._resolve(e.key, cid, decide_between(a, b)))
+        cid = conflict_id(e.key, a.token)
+        done = self._decided.get(cid)
+        if done is not None:
+            self._spawn(self._apply(e.key, done))
+            return
+        seen = self._inflight.get(cid)
+        if seen is not None:
+            seen.extend(x for x in (a, b) if x not in seen)
+            return
+        self._inflight[cid] = [a, b]
+        self._spawn(self._resolve(e.key, cid))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _resolve(self, key: str, cid: str, proposal: dict[str, Any]) -> None:
+    async def _resolve(self, key: str, cid: str) -> None:
         assert self.consensus is not None
         delay = 0.05
         try:
             for attempt in range(self.attempts):
+                # (every claim seen by now: one more may have arrived during a retry)
+                proposal = decide_between(self._inflight[cid])
                 try:
                     raw = await self.consensus.decide(cid, json.dumps(proposal).encode())
                     break
@@ -515,16 +544,18 @@ class Escalator:
                     delay = min(delay * 2, 2.0)
             decision = json.loads(raw)
             self.stats.decided += 1
+            self._decided[cid] = decision
+            while len(self._decided) > 1000:
+                del self._decided[next(iter(self._decided))]
             self.decisions = [*self.decisions[-19:], {"conflict": cid, **decision}]
             await self._apply(key, decision)
         finally:
-            self._inflight.discard(cid)
+            self._inflight.pop(cid, None)
 
     async def _apply(self, key: str, d: dict[str, Any]) -> None:
-        state = self.node.state(key)
-        rec = state.value() if isinstance(state, Lease) else None
-        if rec is not None and rec.holder == d["holder"] and rec.token >= d["token"]:
-            return  # another node's copy of the decision is already here
+        rec = self.node.value(key)
+        if isinstance(rec, LeaseInfo) and rec.token >= int(d["token"]):
+            return  # the decision (another node's copy) or something newer is already here
         ttl_ms = max(1, int(d["expiry_ms"]) - self.node.hlc_now_ms())
         await self.node.apply(key, Lease.Force(d["holder"], ttl_ms, int(d["token"])), Lease)
         self.stats.applied += 1

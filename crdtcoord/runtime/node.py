@@ -461,6 +461,8 @@ class Node:
         if self.consensus is None:
             raise ConsensusError("removing a member is a consensus decision: --consensus")
         inc = self.engine.incarnation_of(peer)
+        if inc is None and peer not in self.engine.peers():
+            raise InvalidArgument(f"{peer!r} is not a member this node knows")
         decision = await self.consensus.decide(f"remove/{peer}/{inc}", self.node_id.encode())
         assert self._host is not None
         self._host.engine.remove_member(peer, self._now())
@@ -504,6 +506,16 @@ class Node:
         if at is None or at > now + self.config.delta_delay:
             host.run()  # (the effects, deferred: the batching timer writes them)
             self._reschedule()
+
+    def persist_now(self) -> None:
+        """Write every update applied so far to the storage now, instead of within the
+        batching window: what a grant, a permit or an arrival calls before it answers, so a
+        crash right after cannot forget what a caller was told."""
+        host = self._host
+        if host is None:
+            raise NotRunning("the node is not running")
+        host.run()
+        host.flush()
 
     async def apply(
         self,

@@ -183,3 +183,53 @@ def test_a_fence_refuses_older_tokens() -> None:
     with pytest.raises(StaleToken):
         f.check("db", 5)
     assert f.highest("db") == 7
+
+
+async def test_local_consensus_with_a_path_survives_a_crash(tmp_path: Path) -> None:
+    """Tokens go on and a running grant is not given again after the process dies (the old
+    instance is abandoned without close, as a kill -9 would)."""
+    from crdtcoord import LeaseHeld
+
+    db = tmp_path / "consensus.db"
+    first = LocalConsensus(path=db)
+    await first.start()
+    for holder in ("a", "b"):
+        g = await first.acquire("L", holder, 60_000)
+        assert await first.release(g)
+    g = await first.acquire("L", "c", 60_000)
+    assert g.token == 3
+    assert await first.decide("d", b"one") == b"one"
+    again = LocalConsensus(path=db)  # (first never closed: its last writes are what a crash leaves)
+    await again.start()
+    with pytest.raises(LeaseHeld) as held:
+        await again.acquire("L", "mallory", 1_000)
+    assert held.value.holder == "c" and held.value.token == 3
+    st = await again.read("L")
+    assert st.holder == "c" and st.token == 3 and 55 < st.expires_in <= 60
+    assert await again.decide("d", b"two") == b"one"
+    renewed = await again.renew(g)  # the holder goes on with its grant
+    assert renewed.token == 3
+    assert await again.release(renewed)
+    assert (await again.acquire("L", "mallory", 1_000)).token == 4
+    await again.close()
+    await first.close()
+
+
+async def test_etcd_renewal_by_acquire_takes_the_new_ttl_and_uses_spares(etcd: EtcdServer) -> None:
+    """The same holder acquiring again with a longer TTL gets that TTL (same token), as with
+    the other back-ends; and acquires after the first use the spare lease (one round trip)."""
+    c = EtcdConsensus(etcd.url, prefix="/ttl/")
+    try:
+        short = await c.acquire("L", "a", 500)
+        longer = await c.acquire("L", "a", 60_000)
+        assert longer.token == short.token and longer.remaining() > 50
+        st = await c.read("L")
+        assert st.holder == "a" and st.expires_in > 50
+        await asyncio.sleep(0.2)  # (the spare for 60 s is granted in the background)
+        spare, _ = c._spares[60]
+        g = await c.acquire("M", "b", 60_000)
+        assert g.handle == spare, "an acquire with a spare ready uses it (one round trip)"
+        assert g.remaining() > 40
+        assert await c.release(g)
+    finally:
+        await c.close()

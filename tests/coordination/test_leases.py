@@ -5,6 +5,7 @@ winner's grant carried over with the decision's token; hold() renewals; fencing.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -177,12 +178,14 @@ def test_in_the_simulator_conflicting_claims_escalate_once_and_converge() -> Non
                         continue
                     handled.add((n, i))
                     a, b = e.local.value(), e.remote.value()
-                    cid = conflict_id(e.key, a, b)
+                    if a.token != b.token:
+                        continue  # (the larger token wins the merge: nothing to decide)
+                    cid = conflict_id(e.key, a.token)
                     d = json.loads(
-                        decisions.setdefault(cid, json.dumps(decide_between(a, b)).encode())
+                        decisions.setdefault(cid, json.dumps(decide_between([a, b])).encode())
                     )
                     cur = sim.engine(n).get(e.key)
-                    if cur.value().holder != d["holder"] or cur.value().token < d["token"]:
+                    if cur.value().token < d["token"]:
                         sim.update(n, e.key, Lease, Lease.Force(d["holder"], 30_000, d["token"]))
         assert sim.quiesce(timeout=30)
         recs = {sim.value(n, "lease/x") for n in sim.live()}
@@ -190,3 +193,67 @@ def test_in_the_simulator_conflicting_claims_escalate_once_and_converge() -> Non
         (rec,) = recs
         assert rec.holder == "alice" and rec.token == 2, (seed, rec)  # the earlier claim
         assert len(decisions) == 1, (seed, decisions)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+async def test_a_race_of_many_partitioned_claims_is_one_decision_for_the_earliest(n: int) -> None:
+    """Every node alone claims the lease (10 ms apart), then the partition heals: one decision
+    (not one per pair of claims), the earliest claim wins with a new token everywhere, its
+    grant goes on with that token, every other grant is told it lost."""
+    net, cons = LocalNetwork(), LocalConsensus(shared=True)
+    names = [f"n{i}" for i in range(n)]
+    nodes = [
+        Node(x, transport=LocalTransport(net, [m for m in names if m != x]), config=FAST,
+             consensus=cons)
+        for x in names
+    ]  # fmt: skip
+    for node in nodes:
+        await node.start()
+    try:
+        net.partition(*[[x] for x in names])
+        grants = []
+        for node in nodes:
+            h = node.lease("job")
+            grants.append(await h.acquire(f"h-{node.node_id}", 30, mode="optimistic"))
+            await asyncio.sleep(0.01)
+        assert {g.token for g in grants} == {1}  # a fence cannot tell these apart
+        net.heal()
+        await until(lambda: all(g.lost for g in grants[1:]), 10)
+        await until(lambda: len({x.lease("job").record() for x in nodes}) == 1, 10)
+        rec = nodes[0].lease("job").record()
+        assert rec is not None and rec.holder == "h-n0" and rec.token == 2
+        winner = grants[0]
+        assert not winner.lost and winner.token == 2 and not winner.contested
+        winner.check()
+        assert all("h-n0" in g.reason for g in grants[1:])
+        decided = sum(x.escalator.stats.decided for x in nodes)
+        applied = sum(x.escalator.stats.applied for x in nodes)
+        assert decided >= 1 and applied >= 1
+        assert {json.dumps(d, sort_keys=True) for x in nodes for d in
+                [{k: v for k, v in dd.items() if k != "expiry_ms"} for dd in x.escalator.decisions]
+                } == {json.dumps({"conflict": "lease/job@1", "holder": "h-n0", "token": 2},
+                                 sort_keys=True)}  # fmt: skip
+    finally:
+        for node in nodes:
+            await node.close(drain=0.1)
+
+
+async def test_strong_and_optimistic_claims_on_one_node_never_share_a_lease() -> None:
+    """A strong acquire does not pass over a live optimistic claim the consensus never saw, and
+    a strong grant is not judged lost by the record its publication wrote."""
+    node = Node("solo", consensus=LocalConsensus())
+    await node.start()
+    try:
+        opt = await node.lease("m").acquire("opt-holder", 30, mode="optimistic")
+        with pytest.raises(LeaseHeld) as held:
+            await node.lease("m").acquire("strong-holder", 30, mode="strong")
+        assert held.value.holder == "opt-holder"
+        assert not opt.lost
+        strong = await node.lease("n").acquire("s", 30, mode="strong")
+        await asyncio.sleep(0.05)
+        assert not strong.lost
+        strong.check()
+        with pytest.raises(LeaseHeld):
+            await node.lease("n").acquire("o", 30, mode="optimistic")
+    finally:
+        await node.close(drain=0.1)

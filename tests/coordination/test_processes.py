@@ -196,22 +196,34 @@ def test_a_holder_paused_past_its_ttl_is_fenced_off(raft3: Cluster) -> None:
 def test_a_killed_leader_is_replaced_within_its_ttl(raft3: Cluster) -> None:
     p1, p2, _ = raft3.procs
     ttl = 2.0
-    won = cli(p1, "election", "campaign", "jobs", "--candidate", "a", "--ttl", str(ttl))
-    assert won.returncode == 0, won.stderr
-    term = json.loads(won.stdout)["term"]
-    time.sleep(ttl * 1.5)  # renewals keep it: no expiry while p1 lives
-    assert client(p2).call("GET", "/v1/elections/jobs")["leader"] == "a"
-    p1.kill9()
-    t0 = time.monotonic()
-    got = cli(p2, "election", "campaign", "jobs", "--candidate", "b", "--ttl", str(ttl),
-              "--timeout", "30")  # fmt: skip
-    took = time.monotonic() - t0
-    assert got.returncode == 0, got.stderr
-    new = json.loads(got.stdout)
-    assert new["leader"] == "b" and new["term"] > term
-    # TTL plus a Raft election (if p1 led Raft) plus the campaign's retry and CLI start-up
-    assert took < ttl + 8.0, took
-    assert client(p2).call("GET", "/v1/elections/jobs")["leader"] == "b"
+    keeper = subprocess.Popen(
+        [*CLI, "election", "campaign", "jobs", "--candidate", "a", "--ttl", str(ttl), "--keep",
+         "--node", p1.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CRDTCOORD_TOKEN": TOKEN},
+    )  # fmt: skip
+    try:
+        assert keeper.stdout is not None
+        term = json.loads(keeper.stdout.readline())["term"]
+        time.sleep(ttl * 1.5)  # the client checks in: no expiry while it and p1 live
+        assert client(p2).call("GET", "/v1/elections/jobs")["leader"] == "a"
+        p1.kill9()
+        t0 = time.monotonic()
+        got = cli(p2, "election", "campaign", "jobs", "--candidate", "b", "--ttl", str(ttl),
+                  "--timeout", "30")  # fmt: skip
+        took = time.monotonic() - t0
+        assert got.returncode == 0, got.stderr
+        new = json.loads(got.stdout)
+        assert new["leader"] == "b" and new["term"] > term
+        # TTL plus a Raft election (if p1 led Raft) plus the campaign's retry and CLI start-up
+        assert took < ttl + 8.0, took
+        assert client(p2).call("GET", "/v1/elections/jobs")["leader"] == "b"
+        _, err = keeper.communicate(timeout=20)
+        assert keeper.returncode == 3 and "lost the lead" in err  # it lost its node
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.communicate()
 
 
 def test_an_optimistic_conflict_between_real_processes_escalates_once_to_etcd(
@@ -264,3 +276,68 @@ def test_an_optimistic_conflict_between_real_processes_escalates_once_to_etcd(
             assert lost.returncode == 3 and f"held by {winner}" in lost.stderr
         finally:
             c.stop()
+
+
+def _acquire_then_kill(p: Proc, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` and SIGKILL the node the moment its answer arrives (nothing after the
+    answer gets a chance to run: no batching timer, no graceful close)."""
+    import socket
+
+    raw = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n".encode()
+            + raw
+        )
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+        p.kill9()
+    head, _, answer = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    out: dict[str, Any] = json.loads(answer)
+    return out
+
+
+@pytest.mark.parametrize("consensus", [[], ["--consensus", "local"]])
+def test_what_a_node_granted_survives_a_kill_right_after_its_answer(
+    tmp_path: Path, secured: list[str], consensus: list[str]
+) -> None:
+    """An optimistic grant, a semaphore permit and a barrier arrival are on disk before the
+    answer: kill -9 at once and restart, and the node still knows them (no second holder with
+    the same token, no second permit, no lost arrival)."""
+    p = Proc("n1", free_port(), tmp_path / "n1", [], log=tmp_path / "n1.log")
+    c = Cluster(0, tmp_path, [*secured, *consensus])
+    c.procs = [p]
+    try:
+        for round_ in range(3):
+            c.start()
+            lease = f"/v1/leases/L{round_}/acquire"
+            g = _acquire_then_kill(p, lease, {"holder": "first", "ttl": 60, "mode": "optimistic"})
+            c.start()
+            again = client(p).call("GET", f"/v1/leases/L{round_}")["replica"]
+            assert again == {**again, "holder": "first", "token": g["token"]}
+            with pytest.raises(ClientError) as held:
+                client(p).lease_acquire(f"L{round_}", "second", 60, mode="optimistic")
+            assert held.value.status == 409
+            p.stop()
+        if consensus:  # (a semaphore's permits are created by a consensus decision)
+            c.start()
+            sem = "/v1/semaphores/S/acquire"
+            _acquire_then_kill(p, sem, {"permits": 1})
+            c.start()
+            with pytest.raises(ClientError) as none:
+                client(p).call("POST", sem, {"permits": 1, "timeout": 0.3})
+            assert none.value.status == 409  # the one permit is still taken
+            p.stop()
+        c.start()
+        arrive = "/v1/barriers/B/arrive"
+        _acquire_then_kill(p, arrive, {"who": "a", "participants": ["a", "b"]})
+        c.start()
+        out = client(p).call("POST", arrive, {"who": "b", "participants": ["a", "b"]})
+        assert out == {"arrived": ["a", "b"], "open": True}
+    finally:
+        c.stop()

@@ -147,6 +147,40 @@ async def test_rate_limits_over_http(pair: tuple[Node, Node, aiohttp.ClientSessi
     assert st == 200 and a["admitted"] is False and 0 < a["retry_after"] <= 30
 
 
+async def test_an_http_leader_is_kept_by_its_client(
+    pair: tuple[Node, Node, aiohttp.ClientSession],
+) -> None:
+    """A campaign again by the leading candidate is a check-in (it does not resign itself);
+    a leader whose client stops checking in lapses after its ttl; a campaign whose client left
+    never takes the lead."""
+    n1, n2, s = pair
+    body = {"candidate": "a", "ttl": 0.6}
+    st, won = await call(s, n1, "POST", "/v1/elections/e/campaign", body)
+    assert st == 200
+    for _ in range(4):  # checking in for 1.2 s (two ttls)
+        await asyncio.sleep(0.3)
+        st, again = await call(s, n1, "POST", "/v1/elections/e/campaign", body)
+        assert st == 200 and again == won
+    assert n1.election("e").leader() == "a"
+    # the client goes quiet: the lead lapses (resigned by the node) within about a ttl
+    assert await until(lambda: n1.election("e").leader() is None, 3)
+    # a campaign whose client leaves while it waits: it must not win later
+    st, _ = await call(s, n1, "POST", "/v1/elections/f/campaign", {"candidate": "x", "ttl": 5})
+    assert st == 200
+    with contextlib.suppress(asyncio.TimeoutError):
+        async with s.post(url(n2) + "/v1/elections/f/campaign",
+                          json={"candidate": "orphan", "ttl": 5, "timeout": 30},
+                          timeout=aiohttp.ClientTimeout(total=0.5)) as r:  # fmt: skip
+            await r.read()
+    await asyncio.sleep(0.5)  # (the node notices the closed connection)
+    st, out = await call(s, n1, "POST", "/v1/elections/f/resign", {"candidate": "x"})
+    assert out == {"resigned": True}
+    await asyncio.sleep(0.5)
+    assert n2.election("f").leader() in (None, "x")  # never the orphan
+    st, shown = await call(s, n2, "GET", "/v1/elections/f")
+    assert shown["leader"] != "orphan"
+
+
 BAD: list[tuple[str, Any]] = [
     ("/v1/leases/l/acquire", {"holder": 5}),
     ("/v1/leases/l/acquire", {"holder": "a", "ttl": "NaN"}),
@@ -175,6 +209,13 @@ BAD: list[tuple[str, Any]] = [
     ("/v1/ratelimits/r", {"limit": 3, "window": 0}),
     ("/v1/ratelimits/r", {"limit": 3, "n": 2.5}),
     ("/v1/ratelimits/r", {"limit": "3"}),
+    ("/v1/ratelimits/r", {"limit": 1, "n": 2}),  # could never be admitted
+    ("/v1/leases/l/acquire", {"holder": "a", "ttl": 10**400}),  # (too large for a float)
+    ("/v1/elections/e/campaign", {"candidate": "a", "timeout": 10**400}),
+    ("/v1/semaphores/s/acquire", {"permits": 2, "timeout": 10**400}),
+    ("/v1/ratelimits/r", {"limit": 3, "window": 10**400}),
+    ("/v1/barriers/b/arrive", {"who": "a"}),  # neither participants nor n: refused first
+    ("/v1/barriers/b/arrive", {"who": "a", "participants": ["a"], "n": 2}),
 ]
 
 
@@ -187,7 +228,13 @@ async def test_malformed_coordination_requests_get_4xx_and_change_nothing(
         st, out = await call(s, n1, "POST", path, body)  # (inf goes as "Infinity")
         assert 400 <= st < 500, (path, body, st, out)
         assert isinstance(out.get("error"), str) and out.get("detail"), (path, body, out)
-    for path in ("/v1/barriers/b?n=zz", "/v1/barriers/b?wait=forever", "/v1/barriers/b?wait=-1"):
+    for path in (
+        "/v1/barriers/b?n=zz",
+        "/v1/barriers/b?wait=forever",
+        "/v1/barriers/b?wait=-1",
+        "/v1/barriers/b?n=%C2%B2",  # a Unicode digit
+        "/v1/leases/a%00b",
+    ):
         st, out = await call(s, n1, "GET", path)
         assert st == 400 and out["error"], (path, out)
     for raw in (b"{", b"\xff\xfe", b"[" * 100_000):

@@ -130,7 +130,10 @@ def _consensus(args: argparse.Namespace, secret: bytes | None) -> Any:
                 "--consensus local is for a single node (each process would decide alone);"
                 " with peers use --consensus raft or etcd://HOST:PORT"
             )
-        return LocalConsensus()
+        data = Path(args.data_dir) / "consensus.db" if args.data_dir else None
+        if data is not None:
+            data.parent.mkdir(parents=True, exist_ok=True)
+        return LocalConsensus(path=data)
     if spec == "raft":
         from crdtcoord_http.transport import PeerSpec, parse_listen
 
@@ -324,7 +327,21 @@ def _primitive(c: Client, args: argparse.Namespace) -> int:
     if cmd == "election":
         if action == "campaign":
             body = {"candidate": args.candidate, "ttl": args.ttl, "timeout": args.timeout or 30.0}
-            out = c.call("POST", f"/v1/elections/{name}/campaign", body, timeout=wait)
+            path = f"/v1/elections/{name}/campaign"
+            out = c.call("POST", path, body, timeout=wait)
+            if args.keep:  # check in every ttl/3 (an HTTP leader is kept by its client)
+                print(json.dumps(out), flush=True)
+                body["timeout"] = args.ttl / 3
+                while True:
+                    time.sleep(args.ttl / 3)
+                    try:
+                        now = c.call("POST", path, body, timeout=args.ttl)
+                    except ClientError as e:
+                        print(f"crdtcoord election: lost the lead: {e.detail}", file=sys.stderr)
+                        return 3
+                    if now.get("term") != out.get("term"):
+                        print("crdtcoord election: lost the lead (a new term)", file=sys.stderr)
+                        return 3
         elif action == "resign":
             out = c.call("POST", f"/v1/elections/{name}/resign", {"candidate": args.candidate})
         else:

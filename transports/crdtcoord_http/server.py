@@ -62,6 +62,17 @@ __all__ = ["build_app", "to_json"]
 _TRANSPORT: web.AppKey[HttpTransport] = web.AppKey("transport")
 
 
+def finite_number(v: object) -> bool:
+    """A JSON number usable as seconds: an int or float, not a bool, finite (an int too large
+    for a float is not)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def error(status: int, code: str, detail: str, **headers: str) -> web.Response:
     return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
@@ -329,12 +340,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             if op_id is not None and not isinstance(op_id, str):
                 raise InvalidArgument("op_id must be a string")
             timeout = body.get("timeout")
-            if timeout is not None and (
-                not isinstance(timeout, int | float)
-                or isinstance(timeout, bool)
-                or not math.isfinite(timeout)
-                or timeout <= 0
-            ):
+            if timeout is not None and (not finite_number(timeout) or timeout <= 0):
                 raise InvalidArgument("timeout must be a positive number of seconds")
             applied = await n.apply(
                 key, op, factory, consistency=level, op_id=op_id, timeout=timeout
@@ -457,7 +463,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         if isinstance(body, web.Response):
             return body
         ttl = body.get("ttl", 10)
-        if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not math.isfinite(ttl):
+        if not finite_number(ttl):
             return error(400, "bad_request", "ttl is a number of seconds")
         try:
             g = await n.lease(request.match_info["name"]).acquire(
@@ -497,11 +503,15 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     async def lease_show(request: web.Request) -> web.Response:
         if (denied := client_auth(request)) is not None:
             return denied
-        h = running().lease(request.match_info["name"])
         try:
+            h = running().lease(request.match_info["name"])
             out = await h.read()
         except ConsensusUnavailable as e:
             return error(503, "consensus_unavailable", str(e), **{"Retry-After": "1"})
+        except NotRunning as e:
+            return error(503, "not_running", str(e), **{"Retry-After": "1"})
+        except CrdtcoordError as e:
+            return error(400, "bad_request", str(e))
         rec = h.record()
         out["replica"] = None if rec is None else {
             "holder": rec.holder, "token": rec.token, "expiry_ms": rec.expiry.wall,
@@ -512,6 +522,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     # ---------------------------------------------------------------- other primitives
 
     leaderships: dict[tuple[str, str], Any] = {}
+    heard: dict[tuple[str, str], float] = {}  # when each HTTP leader's client last checked in
+    watchers_of_leaders: set[asyncio.Task[None]] = set()
     semaphores: dict[str, Any] = {}
 
     async def body_of(request: web.Request, fields: set[str]) -> dict[str, Any] | web.Response:
@@ -536,7 +548,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                 v = float(v)
             except ValueError:
                 raise InvalidArgument(f"{key!r} is a number") from None
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+        if not finite_number(v):
             raise InvalidArgument(f"{key!r} is a number")
         if v < low:
             raise InvalidArgument(f"{key!r} must be >= {low}")
@@ -547,7 +559,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         v = body.get(key, default)
         if v in (None, ""):
             return default
-        if isinstance(v, str) and v.isdigit() and not isinstance(body, dict):
+        if isinstance(v, str) and v.isascii() and v.isdigit() and not isinstance(body, dict):
             v = int(v)  # (a query string; JSON bodies must send numbers)
         if type(v) is not int or v < low or v > 2**62:
             raise InvalidArgument(f"{key!r} is a whole number >= {low}")
@@ -573,6 +585,21 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
 
         return wrapped
 
+    async def _expire_leadership(key: tuple[str, str], lead: Any, ttl: float) -> None:
+        """An HTTP leader is kept by its client: a campaign call again within ``ttl`` (the
+        CLI's ``--keep`` does it every ttl/3). Unheard for a whole ttl, it resigns: a client
+        that died or left does not keep the lead through a server that lives on."""
+        while not lead.lost:
+            await asyncio.sleep(ttl / 4)
+            seen = heard.get(key)
+            if seen is None or id(leaderships.get(key)) != id(lead):  # (replaced or resigned)
+                return
+            if time.monotonic() - seen > ttl:
+                leaderships.pop(key, None)
+                heard.pop(key, None)
+                await lead.resign()
+                return
+
     @primitive
     async def election_campaign(request: web.Request, n: Node) -> web.Response:
         body = await body_of(request, {"candidate", "ttl", "timeout"})
@@ -583,11 +610,43 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             return error(400, "bad_request", "a non-empty 'candidate' is required")
         ttl = number(body, "ttl", 5.0, low=0.001)
         timeout = number(body, "timeout", 30.0)
-        lead = await asyncio.wait_for(n.election(name).campaign(cand, ttl), timeout)
-        old = leaderships.pop((name, cand), None)
-        if old is not None:
-            await old.resign()
-        leaderships[(name, cand)] = lead
+        key = (name, cand)
+        lead = leaderships.get(key)
+        if lead is not None and not lead.lost:  # the leader's client checks in: it goes on
+            heard[key] = time.monotonic()
+            return web.json_response({"leader": cand, "term": lead.term})
+        campaign = asyncio.ensure_future(n.election(name).campaign(cand, ttl))
+        gone = False
+        try:
+            # a client that goes away stops its campaign (aiohttp does not cancel handlers)
+            deadline = time.monotonic() + timeout
+            while not campaign.done():
+                tr = request.transport
+                if tr is None or tr.is_closing():
+                    gone = True
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait({campaign}, timeout=min(left, 0.2))
+        finally:
+            if not campaign.done():
+                campaign.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await campaign
+        if campaign.cancelled():
+            return error(499, "client_gone", "the client left before the answer")
+        won = campaign.result()
+        tr = request.transport
+        if gone or tr is None or tr.is_closing():
+            await won.resign()  # (won as the client left: nobody would lead)
+            return error(499, "client_gone", "the client left before the answer")
+        lead = won
+        leaderships[key] = lead
+        heard[key] = time.monotonic()
+        watch = asyncio.ensure_future(_expire_leadership(key, lead, ttl))
+        watchers_of_leaders.add(watch)
+        watch.add_done_callback(watchers_of_leaders.discard)
         return web.json_response({"leader": cand, "term": lead.term})
 
     @primitive
@@ -595,7 +654,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         body = await body_of(request, {"candidate"})
         if isinstance(body, web.Response):
             return body
-        lead = leaderships.pop((request.match_info["name"], str(body.get("candidate"))), None)
+        key = (request.match_info["name"], str(body.get("candidate")))
+        lead = leaderships.pop(key, None)
+        heard.pop(key, None)
         if lead is not None:
             await lead.resign()
         return web.json_response({"resigned": lead is not None})
@@ -698,6 +759,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         )
         k = count(body, "n", 1)
         assert k is not None
+        if k > limit:
+            return error(400, "bad_request", f"n={k} exceeds the limit {limit}: never admitted")
         ok = rl.try_acquire(k)
         return web.json_response(
             {"admitted": ok, "used": rl.used(), "retry_after": 0.0 if ok else rl.retry_after()}
