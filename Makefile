@@ -40,12 +40,14 @@ bench: $(STAMP)
 	  { (sudo -n apt-get update || apt-get update) && (sudo -n apt-get install -y redis-server || apt-get install -y redis-server); }; } \
 	  || echo "could not install redis-server: benchmarks/http.py reports its Redis baseline as unavailable"
 	$(PY) benchmarks/http.py --json benchmarks/results/http.json
+	$(PY) benchmarks/coordination.py --json benchmarks/results/coordination.json
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/kernel.py --quick
 	$(PY) benchmarks/engine.py --quick
 	$(PY) benchmarks/sim.py --quick
 	$(PY) benchmarks/http.py --quick
+	$(PY) benchmarks/coordination.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -12,9 +12,10 @@ raw consensus calls a user would make instead. Everything runs on loopback in on
 
 **Lease acquire** (a new lease name per sample, so every acquire is uncontended and creates the
 lease; ``ttl`` 30 s): ``node.lease(name).acquire("h", 30, mode="optimistic")`` (a local CRDT
-claim), and ``mode="strong"`` through ``LocalConsensus``, ``RaftConsensus`` and
-``EtcdConsensus``. Every sample is one ``perf_counter_ns`` around one awaited call. Two phases,
-each with its baseline in the same rounds:
+claim, written to the node's storage before it returns: ``MemoryStorage``, and ``SqliteStorage``
+as ``crdtcoord serve --data-dir`` uses), and ``mode="strong"`` through ``LocalConsensus``,
+``RaftConsensus`` and ``EtcdConsensus``. Every sample is one ``perf_counter_ns`` around one
+awaited call. Two phases, each with its baseline in the same rounds:
 
 1. optimistic, strong/local, strong/etcd and a **raw etcd CAS** (one ``/v3/kv/txn``
    put-if-absent, ``CREATE == 0``, through the same aiohttp session the plug-in uses). Each
@@ -39,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from typing import Any
@@ -57,6 +60,7 @@ sys.path.remove(_HERE)
 from crdtcoord.consensus import LocalConsensus, RaftConsensus  # noqa: E402
 from crdtcoord.consensus.etcd import EtcdConsensus  # noqa: E402
 from crdtcoord.runtime import LocalNetwork, LocalTransport, Node  # noqa: E402
+from crdtcoord.storage import SqliteStorage  # noqa: E402
 from crdtcoord.testing.servers import EtcdServer, etcd_binary, free_port  # noqa: E402
 
 pc = time.perf_counter_ns
@@ -190,8 +194,8 @@ def report(b: Bench, samples: dict[str, list[int]]) -> dict[str, float]:
         m50, m99, _ = stats_us(xs)
         p50[name] = m50
         role = "baseline" if name.startswith("raw") else None
-        b.add(Result(f"lease acquire {name}", m50 / 1000, "ms", p50=m50 / 1000,
-                     p99=m99 / 1000, samples=len(xs), role=role))  # fmt: skip
+        b.add(Result(f"lease acquire {name}", m50, "us", p50=m50, p99=m99, samples=len(xs),
+                     role=role))  # fmt: skip
     return p50
 
 
@@ -202,8 +206,10 @@ async def bench_leases(b: Bench, quick: bool, etcd_url: str | None) -> None:
         " no Raft member in this process yet"
     )
     nodes: dict[str, Node] = {}
+    tmp = tempfile.mkdtemp(prefix="coord-bench-")
     try:
         nodes["optimistic"] = Node("o")
+        nodes["optimistic/sqlite"] = Node("s", storage=SqliteStorage(os.path.join(tmp, "s.db")))
         nodes["strong/local"] = Node("l", consensus=LocalConsensus())
         etcd: EtcdConsensus | None = None
         if etcd_url is not None:
@@ -213,7 +219,7 @@ async def bench_leases(b: Bench, quick: bool, etcd_url: str | None) -> None:
             await node.start()
 
         def acquire(mode: str) -> Any:
-            m = "optimistic" if mode == "optimistic" else "strong"
+            m = "optimistic" if mode.startswith("optimistic") else "strong"
             return lambda i: nodes[mode].lease(f"b/{i}").acquire("h", 30.0, mode=m)
 
         cases: dict[str, Any] = {m: acquire(m) for m in nodes}
@@ -222,7 +228,7 @@ async def bench_leases(b: Bench, quick: bool, etcd_url: str | None) -> None:
         # in-process calls in batches of 20 next to one network call each: sample by sample,
         # every in-process call would come right after a network wait (cold caches, a CPU
         # that idled), which is not what a busy application sees
-        batch = {"optimistic": 20, "strong/local": 20}
+        batch = {"optimistic": 20, "optimistic/sqlite": 20, "strong/local": 20}
         p50 = report(b, await sample(cases, n, "acquires", batch))
         if etcd is not None:
             cas, opt = p50["raw etcd CAS"], p50["optimistic"]
@@ -236,6 +242,7 @@ async def bench_leases(b: Bench, quick: bool, etcd_url: str | None) -> None:
     finally:
         for node in nodes.values():
             await node.close(drain=0.1)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     b.section("strong acquire over Raft (3 members: 1 here, 2 processes) next to bare pysyncobj")
     raft_addrs, raft_procs = members("raft")

@@ -114,3 +114,27 @@ def test_notebook_executes() -> None:
     assert "path=" in heal and "delta_buffer" not in heal
     assert "useOffset=False" in heal
     assert "0.55" not in prose and "RFC 6298" in prose
+
+
+def test_escalation_notebook_executes() -> None:
+    """notebooks/escalation.ipynb: five partitioned optimistic claims, one decision for the
+    earliest, every replica on it; the same race without consensus only converges."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "escalation.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    )
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 3
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "every replica on the same record: True -> LeaseInfo(holder='h-n0', token=2" in text
+    assert "decisions taken: {'lease/job@1': ('h-n0', 2)}" in text
+    assert text.count("lost=True (now held by 'h-n0' with token 2)") == 4
+    assert "converged: True" in text and "| decisions: 0" in text

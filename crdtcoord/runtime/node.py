@@ -514,8 +514,7 @@ class Node:
         host = self._host
         if host is None:
             raise NotRunning("the node is not running")
-        host.run()
-        host.flush()
+        host.write_now()
 
     async def apply(
         self,

@@ -97,7 +97,8 @@ class _Collector(Collector):
         yield counter("escalations", "Conflicts escalated", m.get("escalations", 0))
         esc = CounterMetricFamily(
             "crdtcoord_escalation_outcomes",
-            "Escalated conflicts by outcome (decided, applied, retries, failed, undecided)",
+            "Escalated conflicts by outcome (decided, applied, retries, failed, undecided,"
+            " dominated)",
             labels=[*labels, "outcome"],
         )
         for k, v in node.escalator.stats.as_dict().items():
