@@ -281,9 +281,9 @@ class EtcdConsensus:
             old = str(current.get("lease", ""))
             new, new_sent = await self._take_lease(ttl_s)
             value = json.dumps({"holder": holder, "lease": new})
-            move = {
-                "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL",
-                             "create_revision": str(token)}],
+            move = {  # (unchanged since read: the lease replaced is exactly `old`)
+                "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+                             "mod_revision": str(kv["mod_revision"])}],
                 "success": [{"request_put": {"key": _b64(key), "value": _b64(value),
                                              "lease": new}}],
                 "failure": [],
@@ -314,7 +314,11 @@ class EtcdConsensus:
         kv, ttl = await asyncio.gather(
             self._range(self._key("lease", grant.name)), self._keepalive(grant.handle)
         )
-        if kv is None or int(kv["create_revision"]) != grant.token:
+        if (
+            kv is None
+            or int(kv["create_revision"]) != grant.token
+            or str(self._value(kv).get("lease", "")) != grant.handle
+        ):  # (gone, granted again, or moved to another etcd lease by a later acquire)
             raise LeaseLost(f"lease {grant.name!r}: grant {grant.token} is no longer held")
         if ttl <= 0:
             raise LeaseLost(f"lease {grant.name!r}: its etcd lease expired")

@@ -103,9 +103,11 @@ class LocalGrant:
     consensus: Grant | None = None
     lost: bool = False
     reason: str = ""
-    #: another holder claimed the lease concurrently with the same token (optimistic mode): a
-    #: decision is coming; until then both hold it (the documented double-holding window)
+    #: another holder claimed the lease concurrently with the same token (optimistic mode):
+    #: a fence could not tell the two apart, so :meth:`check` refuses until the decision
     contested: bool = False
+    #: the replicated record this grant was made as (optimistic mode): its claim, if escalated
+    claim: LeaseInfo | None = None
     _event: asyncio.Event | None = field(default=None, repr=False)  # (made when awaited)
 
     def remaining(self) -> float:
@@ -117,6 +119,12 @@ class LocalGrant:
         fenced action (and pass :attr:`token` along)."""
         if self.lost:
             raise LeaseLost(f"lease {self.name!r} of {self.holder!r} lost: {self.reason}")
+        if self.contested:
+            raise LeaseLost(
+                f"lease {self.name!r} of {self.holder!r} contested: another holder claimed it"
+                f" with the same token {self.token}; wait for the decision (wait_lost, or check"
+                " again)"
+            )
         if self.remaining() <= 0:
             raise LeaseLost(f"lease {self.name!r} of {self.holder!r}: term over (renew sooner)")
 
@@ -206,12 +214,26 @@ class LeaseHandle:
             # applied at once (no suspension)
             ttl_ms = _ttl_ms(ttl)
             sent = time.monotonic()
-            node.apply_local(self.key, Lease, _acquire_op(check_holder(holder), ttl_ms))
-            node.persist_now()  # (a token is handed out once: a crash must not forget it)
+            holder = check_holder(holder)
+            rec = node.value(self.key)
+            floor = node.token_floor
+            if floor and (rec is None or rec.token < floor):
+                # the first grant of this lease since an unclean restart: above any token the
+                # dead process may have handed out without writing it
+                live = rec is not None and rec.expiry.wall > node.hlc_now_ms()
+                if live and rec is not None and rec.holder not in (None, holder):
+                    raise LeaseHeld(rec.holder, rec.expiry, rec.token)
+                if rec is None or rec.holder != holder or rec.expiry.wall <= node.hlc_now_ms():
+                    node.apply_local(self.key, Lease, Lease.Force(holder, ttl_ms, floor + 1))
+            # (a grant is written within the batching window; the HTTP server writes it before
+            # answering: its holder outlives this process, an in-process holder does not)
+            node.apply_local(self.key, Lease, _acquire_op(holder, ttl_ms))
             rec = node.value(self.key)
             assert isinstance(rec, LeaseInfo) and rec.holder == holder
             until = valid_until(sent, ttl_ms)
-            return node.grants.adopt(self.name, holder, rec.token, ttl_ms, "optimistic", until)
+            grant = node.grants.adopt(self.name, holder, rec.token, ttl_ms, "optimistic", until)
+            grant.claim = rec
+            return grant
         mode = self._mode(mode)
         ttl_ms = _ttl_ms(ttl)
         assert node.consensus is not None
@@ -219,16 +241,20 @@ class LeaseHandle:
         rec = self.record()
         if (
             rec is not None
-            and rec.holder not in (None, holder)
             and rec.token >= g.token
-            and rec.expiry.wall > node.hlc_now_ms()
+            and (rec.holder, rec.token) != (holder, g.token)
         ):
-            # a live optimistic claim the consensus never saw, with a token this grant cannot
-            # dominate (a stale copy of an earlier strong grant has a smaller token): the two
-            # modes must not hand one lease to two holders a fence cannot tell apart
+            # optimistic claims the consensus never saw, with tokens this grant cannot dominate
+            # (a stale copy of an earlier strong grant has a smaller token): the two modes would
+            # hand out tokens a fence cannot order. One lease name, one mode.
             with contextlib.suppress(Exception):
                 await node.consensus.release(g)
-            raise LeaseHeld(rec.holder, rec.expiry, rec.token)
+            if rec.holder is not None and rec.expiry.wall > node.hlc_now_ms():
+                raise LeaseHeld(rec.holder, rec.expiry, rec.token)
+            raise InvalidArgument(
+                f"lease {self.name!r} is used in optimistic mode (its record has token"
+                f" {rec.token}, consensus gave {g.token}): one lease name, one mode"
+            )
         await self._publish(g)
         return node.grants.adopt(self.name, holder, g.token, g.ttl_ms, mode, g.valid_until, g)
 
@@ -357,6 +383,10 @@ class Grants:
         self._by_key: dict[str, list[LocalGrant]] = {}
         self.lost: list[LocalGrant] = []
         self.on_lost: Callable[[LocalGrant], None] | None = None
+        #: called when a grant becomes contested (key, its claim, the other claim): the node
+        #: escalates from there too, so a conflict is decided even if the node that first saw
+        #: it went away
+        self.on_contested: Callable[[str, LeaseInfo, LeaseInfo], None] | None = None
 
     def adopt(
         self,
@@ -400,8 +430,17 @@ class Grants:
         if not lst or rec is None:
             return
         for g in list(lst):
-            if g.mode == "strong" or (rec.holder == g.holder and rec.token == g.token):
-                continue  # (a strong grant answers to consensus only: its renewals tell)
+            if rec.holder == g.holder and rec.token == g.token:
+                continue
+            if g.mode == "strong":
+                # a strong grant answers to consensus; the record only tells it lost when it
+                # names another holder with a token at least as large (a conflicting claim in
+                # the other mode, decided against it): otherwise it is its own publication or
+                # an older record
+                if rec.holder in (None, g.holder) or rec.token < g.token:
+                    continue
+                self._lose(lst, g, f"now held by {rec.holder!r} with token {rec.token}")
+                continue
             if rec.token < g.token:
                 continue  # an older record: this grant is newer
             if rec.holder == g.holder and g.remaining() > 0:
@@ -411,18 +450,26 @@ class Grants:
                 g.contested = False
                 continue
             if rec.token == g.token and rec.holder is not None and self._decides():
-                g.contested = True  # a concurrent claim at the same token: a decision is coming
+                # a concurrent claim at the same token: unusable until the decision
+                if not g.contested:
+                    g.contested = True
+                    if self.on_contested is not None and g.claim is not None:
+                        self.on_contested(key, g.claim, rec)
                 continue
             why = (
                 f"now held by {rec.holder!r} with token {rec.token}"
                 if rec.holder is not None
                 else f"revoked (token {rec.token})"
             )
-            g._lose(why)
-            lst.remove(g)
-            self.lost.append(g)
-            if self.on_lost is not None:
-                self.on_lost(g)
+            self._lose(lst, g, why)
+
+    def _lose(self, lst: list[LocalGrant], g: LocalGrant, why: str) -> None:
+        g._lose(why)
+        g.contested = False
+        lst.remove(g)
+        self.lost.append(g)
+        if self.on_lost is not None:
+            self.on_lost(g)
 
     def held(self) -> list[LocalGrant]:
         return [g for lst in self._by_key.values() for g in lst if not g.lost]
@@ -508,20 +555,27 @@ class Escalator:
             self.stats.undecided += 1
             log.info("conflict on %s settled by merge order (no consensus plug-in)", e.key)
             return
+        self.contest(e.key, a, b)
+
+    def contest(self, key: str, a: LeaseInfo, b: LeaseInfo) -> None:
+        """Two claims on lease ``key`` met: decide them (once per key and token)."""
+        if self.consensus is None:
+            return
         if a.token != b.token:
             self.stats.dominated += 1
             return
-        cid = conflict_id(e.key, a.token)
+        e_key = key
+        cid = conflict_id(e_key, a.token)
         done = self._decided.get(cid)
         if done is not None:
-            self._spawn(self._apply(e.key, done))
+            self._spawn(self._apply(e_key, done))
             return
         seen = self._inflight.get(cid)
         if seen is not None:
             seen.extend(x for x in (a, b) if x not in seen)
             return
         self._inflight[cid] = [a, b]
-        self._spawn(self._resolve(e.key, cid))
+        self._spawn(self._resolve(e_key, cid))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -529,23 +583,32 @@ class Escalator:
         t.add_done_callback(self._tasks.discard)
 
     async def _resolve(self, key: str, cid: str) -> None:
+        """Propose until decided: ``attempts`` quick retries (50 ms doubling), then every 2 s
+        for as long as the conflict is current here (consensus may be away for a while; the
+        contested grants refuse ``check`` meanwhile). Stops when a newer record supersedes
+        the contested token, or the node closes."""
         assert self.consensus is not None
         delay = 0.05
+        token = self._inflight[cid][0].token
         try:
-            for attempt in range(self.attempts):
+            attempt = 0
+            while True:
                 # (every claim seen by now: one more may have arrived during a retry)
                 proposal = decide_between(self._inflight[cid])
                 try:
                     raw = await self.consensus.decide(cid, json.dumps(proposal).encode())
                     break
                 except ConsensusUnavailable as e:
-                    if attempt == self.attempts - 1:
+                    attempt += 1
+                    if attempt == self.attempts:
                         self.stats.failed += 1
-                        log.warning("escalation %s not decided: %s", cid, e)
-                        return
+                        log.warning("escalation %s not decided yet (retrying): %s", cid, e)
                     self.stats.retries += 1
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
+                    rec = self.node.value(key)
+                    if isinstance(rec, LeaseInfo) and rec.token > token:
+                        return  # superseded: a newer grant or another node's decision
             decision = json.loads(raw)
             self.stats.decided += 1
             self._decided[cid] = decision

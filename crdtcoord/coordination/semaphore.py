@@ -115,7 +115,6 @@ class Semaphore:
         """Take ``n`` permits (local rights first; else ask for rights and wait)."""
         if self.local() >= n:
             await self.node.apply(self.key, BoundedCounter.Decrement(n), BoundedCounter)
-            self.node.persist_now()  # (a crash must not give a taken permit back)
             self._held += n
             return
         deadline = time.monotonic() + timeout
@@ -140,7 +139,6 @@ class Semaphore:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(left, 0.5))
             await self.node.apply(self.key, BoundedCounter.Decrement(n), BoundedCounter)
-            self.node.persist_now()  # (a crash must not give a taken permit back)
             self._held += n
         finally:
             stop()

@@ -66,6 +66,7 @@ class Host:
         self._failed: BaseException | None = None
         #: driver counters restored from the storage by :meth:`open`
         self.restored_meta: dict[str, int] = {}
+        self.unclean = False
         self._recover = False  # probe the peers at start (the last process crashed)
         self._defer = defer
         self._max_deferred = max_deferred
@@ -118,6 +119,8 @@ class Host:
         # A node whose last process did not shut down cleanly may have applied updates whose
         # deltas never left: it probes its peers at start (Engine.recover).
         host._recover = snap is not None and snap.meta.get(CLEAN) != 1
+        #: the last process stopped without recording a clean shutdown
+        host.unclean = host._recover
         return host
 
     # ------------------------------------------------------------------ inputs
@@ -134,6 +137,12 @@ class Host:
             self._recover = False
             engine.recover()
         self.run()
+
+    def mark_running(self, meta: dict[str, int] | None = None) -> None:
+        """Record (durably, now) that this process runs: a crash from here on is seen as one
+        by the next start, even before the first batch is written; with ``meta`` besides."""
+        self.storage.write([], {**(meta or {}), CLEAN: 0})
+        self._marked = True
 
     def close(self) -> bool:
         """Record a clean shutdown if nothing is left to send (every delta acknowledged, no

@@ -78,6 +78,10 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+#: storage meta: how many times a process of this node stopped without a clean shutdown
+CRASHES = "unclean_restarts"
+
+
 class Node:
     """One replica on asyncio (see the module documentation)."""
 
@@ -128,6 +132,7 @@ class Node:
         #: the consensus plug-in (None: strong mode unavailable, conflicts settle by merge)
         self.consensus = consensus
         self.grants = Grants(lambda: self.consensus is not None)
+        self.grants.on_lost = self._grant_lost
         #: phi-accrual failure detector over message arrivals (monotonic seconds)
         self.detector = PhiAccrual(phi)
         self.remove_after = remove_after
@@ -137,6 +142,8 @@ class Node:
         self._suspected_since: dict[str, float] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.escalator = Escalator(self, consensus, escalation_hook)
+        if escalation_hook is None:
+            self.grants.on_contested = self.escalator.contest
         self._wall = wall_clock
         self._mono = monotonic
         self._keep = keep_changes
@@ -163,6 +170,8 @@ class Node:
         self._early_peers: list[str] = []
         self._key_watchers: dict[str, list[Callable[[], None]]] = {}
         self._semaphores: dict[str, Semaphore] = {}
+        #: the smallest fencing token an optimistic grant of this process hands out
+        self.token_floor = 0
         self.close_report = ""
         self._closing = False  # close() began: updates are refused
 
@@ -200,6 +209,12 @@ class Node:
             await self.transport.close()  # (e.g. the data dir is locked by another process)
             raise
         self._host.on_write = self._observe_write
+        # Tokens handed out by optimistic leases since the last write may be forgotten by a
+        # crash: after an unclean stop, new grants start above anything the dead process could
+        # have handed out (the floor moves up by 2**32 per unclean restart).
+        crashes = self._host.restored_meta.get(CRASHES, 0) + (1 if self._host.unclean else 0)
+        self._host.mark_running({CRASHES: crashes})
+        self.token_floor = crashes << 32
         engine = self._host.engine
         engine.report_all_changes(coalesce=True)
         for p in self._early_peers:
@@ -429,7 +444,12 @@ class Node:
             if self._host is None:
                 continue
             now = self._now()
-            for p in self.engine.peers():
+            peers = self.engine.peers()
+            for p in [x for x in self._suspected_since if x not in peers]:
+                # removed meanwhile (another node's decision, gossiped) or left
+                del self._suspected_since[p]
+                self._member_event("removed", p)
+            for p in peers:
                 sus = self.suspected(p)
                 since = self._suspected_since.get(p)
                 if sus and since is None:
@@ -471,6 +491,14 @@ class Node:
         self._suspected_since.pop(peer, None)
         self._member_event("removed", peer)
         return decision == self.node_id.encode()
+
+    def _grant_lost(self, g: Any) -> None:
+        """A strong grant lost to a record in the other mode: give it back to consensus, so
+        consensus does not keep naming a holder every replica has moved past."""
+        c = self.consensus
+        if g.mode == "strong" and g.consensus is not None and c is not None:
+            task = asyncio.ensure_future(c.release(g.consensus))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def wall_ms(self) -> int:
         """This node's wall clock in ms (injectable: ``Node(wall_clock=...)``)."""

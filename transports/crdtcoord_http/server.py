@@ -46,7 +46,7 @@ from crdtcoord import (
     ORSet,
     PNCounter,
 )
-from crdtcoord.consensus.base import ConsensusUnavailable
+from crdtcoord.consensus.base import ConsensusUnavailable, LeaseLost
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
 from crdtcoord.host import StorageError
 from crdtcoord.runtime.node import NotRunning
@@ -469,6 +469,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             g = await n.lease(request.match_info["name"]).acquire(
                 body["holder"], float(ttl), mode=body.get("mode")
             )
+            n.persist_now()  # (the holder outlives this process: a crash must not forget it)
         except LeaseHeld as e:
             return web.json_response(
                 {"error": "held", "detail": f"held by {e.holder}", "holder": e.holder,
@@ -612,9 +613,17 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         timeout = number(body, "timeout", 30.0)
         key = (name, cand)
         lead = leaderships.get(key)
-        if lead is not None and not lead.lost:  # the leader's client checks in: it goes on
-            heard[key] = time.monotonic()
-            return web.json_response({"leader": cand, "term": lead.term})
+        if lead is not None and not lead.lost:
+            # the leader's client checks in: renewed now, through consensus, so the answer is
+            # the truth (not this node's memory of it)
+            try:
+                await n.election(name).lease.renew(lead.grant)
+                heard[key] = time.monotonic()
+                return web.json_response({"leader": cand, "term": lead.term})
+            except LeaseLost:
+                leaderships.pop(key, None)
+                heard.pop(key, None)
+                await lead.resign()  # (stops its renewals; campaign again below)
         campaign = asyncio.ensure_future(n.election(name).campaign(cand, ttl))
         gone = False
         try:
@@ -725,6 +734,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         sem = await semaphore_of(n, request.match_info["name"], body.get("permits"))
         try:
             await sem.acquire(k, timeout=timeout)
+            n.persist_now()  # (the permit's holder outlives this process)
         except InsufficientRights as e:
             return web.json_response(
                 {"error": "unavailable", "detail": str(e), "available": sem.available()},
