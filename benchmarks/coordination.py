@@ -74,7 +74,7 @@ MEMBER = textwrap.dedent(
         class KV(SyncObj):
             def __init__(self):
                 conf = SyncObjConf(appendEntriesUseBatch=False, dynamicMembershipChange=False,
-                                   commandsWaitLeader=True)
+                                   commandsWaitLeader=True, password="bench")
                 super().__init__(me, others, conf)
                 self.d = {}
             @replicated
@@ -104,7 +104,10 @@ def raw_syncobj(me: str, others: list[str]) -> Any:
     class KV(SyncObj):  # type: ignore[misc]
         def __init__(self) -> None:
             conf = SyncObjConf(
-                appendEntriesUseBatch=False, dynamicMembershipChange=False, commandsWaitLeader=True
+                appendEntriesUseBatch=False,
+                dynamicMembershipChange=False,
+                commandsWaitLeader=True,
+                password="bench",  # (encrypted, as RaftConsensus always is)
             )
             super().__init__(me, others, conf)
             self.d: dict[str, str] = {}

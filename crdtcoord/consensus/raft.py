@@ -7,9 +7,13 @@ a majority of the Raft members cannot get an answer (:class:`ConsensusUnavailabl
 timeout — an unknown outcome: read before retrying).
 
 Settings: ``appendEntriesUseBatch=False`` (with batching every call costs about 100 ms), Raft
-traffic encrypted and authenticated with a key derived from the cluster secret (pysyncobj
-unpickles what it receives: never expose its port without a secret; without one the node must
-be on loopback, as for HTTP), journal and snapshot in the data dir.
+traffic encrypted and authenticated with a key derived from the cluster secret **and the sorted
+member list** (pysyncobj unpickles what it receives: never expose its port without a secret;
+without one the node must be on loopback, as for HTTP). Members configured with different
+member lists therefore cannot talk at all: they can never form two groups that both decide; a
+node that lists only some members finds no quorum (``ConsensusUnavailable`` names its list).
+Journal and snapshot in the data dir. Membership is static: every node lists every member, and
+adding a member means restarting every node with the new list.
 
 **Limits, plainly.** pysyncobj never fsyncs its journal: a committed entry survives a process
 crash but not a power loss or an OS crash of a majority at once. Lease expiry is computed from
@@ -157,9 +161,13 @@ class RaftConsensus:
             return
         from pysyncobj import SyncObjConf
 
-        password = None
-        if self._secret is not None:
-            password = hashlib.sha256(b"crdtcoord raft v1\0" + self._secret).hexdigest()
+        # The key binds the secret AND the member list: members configured with different
+        # member lists cannot talk, so they can never form two groups that both decide (a
+        # node that lists only some members finds no quorum instead: status says so).
+        group = ",".join(sorted({self.listen, *self.peers})).encode()
+        password = hashlib.sha256(
+            b"crdtcoord raft v2\0" + (self._secret or b"") + b"\0" + group
+        ).hexdigest()
         journal = dump = None
         if self._data_dir is not None:
             self._data_dir.mkdir(parents=True, exist_ok=True)
@@ -229,9 +237,10 @@ class RaftConsensus:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
             self.errors += 1
+            members = ", ".join(sorted({self.listen, *self.peers}))
             raise ConsensusUnavailable(
-                f"Raft did not answer {method} in {self.timeout} s (no majority reachable?);"
-                " the outcome is unknown"
+                f"Raft did not answer {method} in {self.timeout} s (no majority reachable? every"
+                f" member must list the same members, here: {members}); the outcome is unknown"
             ) from None
         except ConsensusUnavailable:
             self.errors += 1
@@ -274,6 +283,7 @@ class RaftConsensus:
             "kind": self.kind,
             "listen": self.listen,
             "peers": self.peers,
+            "members": sorted({self.listen, *self.peers}),
             "calls": self.calls,
             "errors": self.errors,
         }

@@ -472,7 +472,8 @@ class Grants:
             self.on_lost(g)
 
     def held(self) -> list[LocalGrant]:
-        return [g for lst in self._by_key.values() for g in lst if not g.lost]
+        """The grants neither lost nor past their term."""
+        return [g for lst in self._by_key.values() for g in lst if not g.lost and g.remaining() > 0]
 
 
 # ---------------------------------------------------------------------- escalation

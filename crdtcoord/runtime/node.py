@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -77,6 +78,8 @@ def wall_ms() -> int:
     """The wall clock in integer milliseconds."""
     return time.time_ns() // 1_000_000
 
+
+log = logging.getLogger("crdtcoord.node")
 
 #: storage meta: how many times a process of this node stopped without a clean shutdown
 CRASHES = "unclean_restarts"
@@ -469,6 +472,10 @@ class Node:
                         await self.remove_member(p)
 
     def _member_event(self, kind: str, peer: str) -> None:
+        if kind == "recovered":
+            log.info("peer %s recovered", peer)
+        else:
+            log.warning("peer %s %s", peer, kind)
         self.membership_events.append((kind, peer, self._now()))
         del self.membership_events[:-1000]
         if self.on_membership_event is not None:

@@ -233,3 +233,25 @@ async def test_etcd_renewal_by_acquire_takes_the_new_ttl_and_uses_spares(etcd: E
         assert await c.release(g)
     finally:
         await c.close()
+
+
+async def test_raft_members_with_different_member_lists_never_decide() -> None:
+    """Three members where one lists a different group: the two that agree form a quorum and
+    decide; the odd one cannot talk to them (its key binds its member list), so it never
+    decides on its own group's behalf and says why."""
+    from crdtcoord.consensus import ConsensusUnavailable, RaftConsensus
+
+    a, b, c, ghost = (f"127.0.0.1:{free_port()}" for _ in range(4))
+    good = [RaftConsensus(a, [b, c], timeout=8), RaftConsensus(b, [a, c], timeout=8)]
+    odd = RaftConsensus(c, [a, ghost], timeout=1.5)  # (thinks the group is a, c, ghost)
+    try:
+        for m in (*good, odd):
+            await m.start()
+        assert await good[0].decide("k", b"one") == b"one"  # a and b: a quorum of 3
+        with pytest.raises(ConsensusUnavailable) as e:
+            await odd.decide("k", b"two")
+        assert "every member must list the same members" in str(e.value)
+        assert await good[1].decide("k", b"three") == b"one"
+    finally:
+        for m in (*good, odd):
+            await m.close()

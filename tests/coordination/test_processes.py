@@ -341,3 +341,39 @@ def test_what_a_node_granted_survives_a_kill_right_after_its_answer(
         assert out == {"arrived": ["a", "b"], "open": True}
     finally:
         c.stop()
+
+
+def test_a_leader_stopped_with_sigterm_hands_over_at_once(raft3: Cluster) -> None:
+    """`election campaign --keep`: a standby waits its turn; SIGTERM makes the leader resign
+    before it exits, so the standby leads well within the TTL (not after it)."""
+    p1, p2, _ = raft3.procs
+    ttl = 6.0
+
+    def keeper(p: Proc, who: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*CLI, "election", "campaign", "ops", "--candidate", who, "--ttl", str(ttl),
+             "--keep", "--node", p.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "CRDTCOORD_TOKEN": TOKEN},
+        )  # fmt: skip
+
+    lead, standby = keeper(p1, "a"), None
+    try:
+        assert lead.stdout is not None
+        first = json.loads(lead.stdout.readline())
+        standby = keeper(p2, "b")
+        time.sleep(1.0)
+        assert standby.poll() is None  # waiting, not failed
+        t0 = time.monotonic()
+        lead.send_signal(signal.SIGTERM)
+        assert lead.wait(10) == 128 + signal.SIGTERM
+        assert standby.stdout is not None
+        second = json.loads(standby.stdout.readline())
+        took = time.monotonic() - t0
+        assert second["term"] > first["term"] and took < ttl / 2, took
+    finally:
+        for k in (lead, standby):
+            if k is not None and k.poll() is None:
+                k.kill()
+            if k is not None:
+                k.communicate()

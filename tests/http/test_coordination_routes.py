@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -243,3 +244,26 @@ async def test_malformed_coordination_requests_get_4xx_and_change_nothing(
                 assert r.status == 400, (path, raw[:5], r.status)
     await asyncio.sleep(0.2)
     assert {k: n1.value(k) for k in n1.keys()} == before  # noqa: SIM118
+
+
+async def test_lease_and_election_keys_read_and_watch_as_json(
+    pair: tuple[Node, Node, aiohttp.ClientSession],
+) -> None:
+    """A lease's value (a record with hybrid timestamps) is JSON on GET and in the change feed:
+    a watch over a prefix holding leases keeps delivering (it used to break the stream)."""
+    n1, _, s = pair
+    async with s.get(url(n1) + "/v1/watch?prefix=") as feed:
+        st, g = await call(s, n1, "POST", "/v1/leases/db/acquire", {"holder": "a", "ttl": 5})
+        assert st == 200
+        await call(s, n1, "POST", "/v1/elections/e/campaign", {"candidate": "c", "ttl": 5})
+        await call(s, n1, "POST", "/v1/keys/after", {"op": "inc"})
+        seen: set[str] = set()
+        async with asyncio.timeout(10):
+            while "after" not in seen:
+                line = (await feed.content.readline()).decode()
+                if line.startswith("data: "):
+                    seen.add(json.loads(line[6:])["key"])
+        assert {"lease/db", "lease/election/e", "after"} <= seen
+    st, out = await call(s, n1, "GET", "/v1/keys/lease/db")
+    assert st == 200 and out["value"]["holder"] == "a" and out["value"]["token"] == g["token"]
+    assert isinstance(out["value"]["expiry"], int)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -147,6 +148,11 @@ def _consensus(args: argparse.Namespace, secret: bytes | None) -> Any:
                 u = PeerSpec.parse(p).url
                 h, _, pt = u.split("://", 1)[1].rpartition(":")
                 peers.append(raft_address(h.strip("[]"), int(pt)))
+        if not peers:
+            raise ConfigError(
+                "--consensus raft needs the other Raft members: every node lists every other"
+                " node with --peer (or --raft-peer HOST:PORT); one node alone: --consensus local"
+            )
         data = Path(args.data_dir) / "raft" if args.data_dir else None
         try:
             return RaftConsensus(listen, peers, secret=secret, data_dir=data)
@@ -305,8 +311,14 @@ def _lease(c: Client, args: argparse.Namespace) -> int:
                 print(f"crdtcoord lease: {e.detail}", file=sys.stderr)
                 return 3
             raise
-        print(json.dumps({"holder": g["holder"], "token": g["token"], "mode": g["mode"],
-                          "valid_for_s": g["valid_for_s"]}))  # fmt: skip
+        print(json.dumps(g))
+        if args.mode is None and g.get("mode") == "optimistic":
+            print(
+                "crdtcoord lease: note: this node has no consensus plug-in, so the lease is"
+                " optimistic (a local claim; see docs/coordination.md); --mode optimistic"
+                " says so explicitly, serve --consensus makes leases strong",
+                file=sys.stderr,
+            )
         return 0
     if args.action == "release":
         ok = _retrying(lambda: c.lease_release(args.name, args.holder))
@@ -314,6 +326,65 @@ def _lease(c: Client, args: argparse.Namespace) -> int:
         return 0 if ok else 1
     print(json.dumps(_retrying(lambda: c.lease_show(args.name))))
     return 0
+
+
+def _keep_leading(c: Client, name: str, args: argparse.Namespace) -> int:
+    """``election campaign --keep``: campaign (without a limit unless --timeout), print the
+    term, then check in every ttl/3 and exit 3 **at the end of the term as this process
+    measures it** (from when its last successful check-in was sent: the rule of
+    docs/coordination.md) if no check-in succeeded since; SIGINT/SIGTERM resign first."""
+    path = f"/v1/elections/{name}/campaign"
+    ttl = args.ttl
+    term_s = ttl * (1 - 0.001) / (1 + 0.001) - 0.05  # (the safe-expiry rule)
+    leading = False
+
+    def stop(signum: int, _frame: object) -> None:
+        if leading:
+            with contextlib.suppress(ClientError, OSError):
+                c.call("POST", f"/v1/elections/{name}/resign", {"candidate": args.candidate},
+                       timeout=2)  # fmt: skip
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while True:  # campaign: 30 s per request, again and again (a standby waits for its turn)
+        left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+        if left <= 0:
+            print("crdtcoord election: not leader within the timeout", file=sys.stderr)
+            return 3
+        sent = time.monotonic()
+        body = {"candidate": args.candidate, "ttl": ttl, "timeout": left}
+        try:
+            out = c.call("POST", path, body, timeout=left + 10)
+            break
+        except ClientError as e:
+            if e.code != "timeout":
+                raise
+    leading = True
+    valid_until = sent + term_s
+    term = out.get("term")
+    print(json.dumps(out), flush=True)
+    while True:
+        time.sleep(max(0.0, min(ttl / 3, valid_until - time.monotonic())))
+        if time.monotonic() >= valid_until:
+            print("crdtcoord election: lost the lead: the term ended without a check-in",
+                  file=sys.stderr)  # fmt: skip
+            return 3
+        sent = time.monotonic()
+        body = {"candidate": args.candidate, "ttl": ttl, "timeout": ttl / 3}
+        try:  # (a check-in that cannot finish within the term is as good as none)
+            now = c.call("POST", path, body, timeout=max(0.05, valid_until - sent))
+        except (ClientError, OSError) as e:
+            why = e.detail if isinstance(e, ClientError) else str(e)
+            if time.monotonic() >= valid_until or (isinstance(e, ClientError) and e.status < 500):
+                print(f"crdtcoord election: lost the lead: {why}", file=sys.stderr)
+                return 3
+            continue  # (retry while the term lasts)
+        if now.get("term") != term:
+            print("crdtcoord election: lost the lead (a new term)", file=sys.stderr)
+            return 3
+        valid_until = sent + term_s
 
 
 def _primitive(c: Client, args: argparse.Namespace) -> int:
@@ -326,22 +397,17 @@ def _primitive(c: Client, args: argparse.Namespace) -> int:
     wait = (getattr(args, "timeout", None) or 30.0) + 10
     if cmd == "election":
         if action == "campaign":
+            if args.keep:
+                return _keep_leading(c, name, args)
             body = {"candidate": args.candidate, "ttl": args.ttl, "timeout": args.timeout or 30.0}
-            path = f"/v1/elections/{name}/campaign"
-            out = c.call("POST", path, body, timeout=wait)
-            if args.keep:  # check in every ttl/3 (an HTTP leader is kept by its client)
-                print(json.dumps(out), flush=True)
-                body["timeout"] = args.ttl / 3
-                while True:
-                    time.sleep(args.ttl / 3)
-                    try:
-                        now = c.call("POST", path, body, timeout=args.ttl)
-                    except ClientError as e:
-                        print(f"crdtcoord election: lost the lead: {e.detail}", file=sys.stderr)
-                        return 3
-                    if now.get("term") != out.get("term"):
-                        print("crdtcoord election: lost the lead (a new term)", file=sys.stderr)
-                        return 3
+            try:
+                out = c.call("POST", f"/v1/elections/{name}/campaign", body, timeout=wait)
+            except ClientError as e:
+                if e.code == "timeout":
+                    print(f"crdtcoord election: not leader within {body['timeout']} s",
+                          file=sys.stderr)  # fmt: skip
+                    return 3
+                raise
         elif action == "resign":
             out = c.call("POST", f"/v1/elections/{name}/resign", {"candidate": args.candidate})
         else:

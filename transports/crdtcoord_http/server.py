@@ -31,6 +31,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import msgpack
 from aiohttp import web
 
@@ -46,6 +47,7 @@ from crdtcoord import (
     ORSet,
     PNCounter,
 )
+from crdtcoord.clocks.hlc import Timestamp
 from crdtcoord.consensus.base import ConsensusUnavailable, LeaseLost
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
 from crdtcoord.host import StorageError
@@ -90,6 +92,10 @@ def to_json(v: Any) -> Any:
         return {"base64": base64.b64encode(v).decode()}
     if isinstance(v, dict):
         return {k if isinstance(k, str) else repr(k): to_json(x) for k, x in v.items()}
+    if isinstance(v, Timestamp):
+        return v.wall  # (ms since the epoch; the logical part only orders equal walls)
+    if isinstance(v, tuple) and hasattr(v, "_asdict"):  # a record (a lease's LeaseInfo)
+        return {k: to_json(x) for k, x in v._asdict().items()}
     if isinstance(v, list | tuple):
         return [to_json(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
@@ -180,6 +186,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         except TimeoutError:
             t.counters.refuse("slow_body")
             return error(408, "slow_body", f"the body took over {lim.request_timeout} s")
+        except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+            t.counters.refuse("connection_lost")  # (the peer went away mid-body: not an error)
+            return error(400, "connection_lost", "the connection closed before the body ended")
         if parts is not None:
             assert t.signer is not None
             try:
@@ -408,7 +417,10 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                     continue
                 except Compacted as c:
                     data = {"reason": str(c), "cursor": c.cursor, "snapshot": to_json(c.snapshot)}
-                    await send(resp, f"event: compacted\ndata: {json.dumps(data)}\n\n".encode())
+                    await send(
+                        resp,
+                        f"event: compacted\ndata: {json.dumps(data, default=str)}\n\n".encode(),
+                    )
                     break
                 data = {
                     "key": ch.key,
@@ -416,7 +428,9 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                     "origin": ch.origin,
                     "cursor": ch.cursor,
                 }
-                await send(resp, f"id: {ch.cursor}\ndata: {json.dumps(data)}\n\n".encode())
+                await send(
+                    resp, f"id: {ch.cursor}\ndata: {json.dumps(data, default=str)}\n\n".encode()
+                )
         except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass  # (a client that stops reading for 10 s is dropped)
         finally:
@@ -451,6 +465,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             return error(400, "unknown_field", f"unknown field(s) {unknown}")
         if not isinstance(body.get("holder"), str) or not body["holder"]:
             return error(400, "bad_request", "a non-empty 'holder' is required")
+        if request.match_info["name"].startswith("election/"):
+            return error(400, "reserved", "lease names election/... belong to elections")
         return body
 
     async def lease_acquire(request: web.Request) -> web.Response:
@@ -518,6 +534,14 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             "holder": rec.holder, "token": rec.token, "expiry_ms": rec.expiry.wall,
         }  # fmt: skip
         out["source"] = "consensus" if running().consensus is not None else "replica"
+        if out["holder"] is None and rec is not None and rec.holder is not None:
+            left = (rec.expiry.wall - running().hlc_now_ms()) / 1000
+            if left > 0 and rec.token >= out["token"]:
+                # consensus has no grant but the replicas do: an optimistic (or escalated)
+                # lease, whose holder lives in the replicated record
+                out.update(holder=rec.holder, token=rec.token, expires_in_s=left)
+                out["source"] = "replica"
+        out["expires_in_s"] = round(float(out["expires_in_s"]), 3)
         return web.json_response(out)
 
     # ---------------------------------------------------------------- other primitives
