@@ -7,6 +7,11 @@ opens later. A barrier over **all current members** is different: membership cha
 joins late, another is removed), so the participant set is first fixed by a consensus decision,
 then the barrier waits for exactly that set.
 
+**Definition.** The first arrival fixes the barrier's participants and ``n`` in
+``barrier/<name>/def`` (decided once by consensus when the node has a plug-in, so concurrent
+first arrivals agree; without one, concurrent different definitions converge last-writer-wins).
+Later callers may omit them; a caller giving a different definition is refused.
+
 **Garbage collection.** A barrier created with ``expires_ms`` lives in an expiring key: every
 replica deletes it once its clock passes that time (the same rule everywhere, so deleting never
 breaks convergence; arrivals after it are refused). Pick a time well after the last participant
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING
 from crdtcoord._exceptions import InvalidArgument
 from crdtcoord.consensus.base import ConsensusError
 from crdtcoord.engine import expiring_key
-from crdtcoord.types import GSet
+from crdtcoord.types import GSet, LWWRegister
 
 if TYPE_CHECKING:
     from crdtcoord.runtime.node import Node
@@ -48,6 +53,9 @@ class Barrier:
         self.name = name
         base = f"barrier/{name}"
         self.key = expiring_key(base, expires_ms) if expires_ms is not None else base
+        dbase = f"{base}/def"
+        #: the barrier's definition (participants, n), written by its first arrival
+        self.def_key = expiring_key(dbase, expires_ms) if expires_ms is not None else dbase
         self.participants = frozenset(participants) if participants is not None else None
         if self.participants is not None and not self.participants:
             raise InvalidArgument("a barrier needs at least one participant")
@@ -72,6 +80,56 @@ class Barrier:
         raw = await node.consensus.decide(f"barrier-members/{name}", json.dumps(members).encode())
         return cls(node, name, set(json.loads(raw)), expires_ms=expires_ms)
 
+    def _given(self) -> dict[str, object]:
+        ps = sorted(self.participants) if self.participants is not None else None
+        return {"participants": ps, "n": self.n}
+
+    def definition(self) -> dict[str, object] | None:
+        """The stored definition (``participants``, ``n``), if an arrival wrote it."""
+        raw = self.node.value(self.def_key)
+        if not isinstance(raw, str):
+            return None
+        try:
+            d = json.loads(raw)
+        except ValueError:
+            return None
+        return d if isinstance(d, dict) else None
+
+    def _adopt(self, d: dict[str, object]) -> None:
+        ps = d.get("participants")
+        self.participants = frozenset(ps) if isinstance(ps, list) else None
+        n = d.get("n")
+        self.n = n if isinstance(n, int) else None
+
+    def _check_against(self, d: dict[str, object]) -> None:
+        """A caller that gives a definition must give the stored one (or none at all)."""
+        given = self._given()
+        if (given["participants"] is not None or given["n"] is not None) and given != d:
+            raise InvalidArgument(
+                f"barrier {self.name!r} is defined as {d}; this call gives {given}"
+            )
+
+    async def define(self) -> None:
+        """Fix the definition: the stored one if any (this call's must agree), else this
+        call's, decided once by consensus when the node has it (concurrent first arrivals
+        with different definitions agree), and written for every replica."""
+        stored = self.definition()
+        if stored is not None:
+            self._check_against(stored)
+            self._adopt(stored)
+            return
+        self._needed()  # (a barrier that can never tell when it opens is refused first)
+        proposal = self._given()
+        raw = json.dumps(proposal, sort_keys=True)
+        if self.node.consensus is not None:
+            raw = (
+                await self.node.consensus.decide(f"barrier-def/{self.key}", raw.encode())
+            ).decode()
+            decided = json.loads(raw)
+            self._check_against(decided)
+            self._adopt(decided)
+        await self.node.apply(self.def_key, LWWRegister.Assign(raw), LWWRegister)
+
     def arrived(self) -> frozenset[str]:
         v = self.node.value(self.key)
         return frozenset(v) if v is not None else frozenset()
@@ -84,16 +142,19 @@ class Barrier:
         return len(self.participants)
 
     def is_open(self) -> bool:
+        stored = self.definition()
+        if stored is not None:
+            self._adopt(stored)  # (the definition every replica converges on)
         got = self.arrived()
         if self.participants is not None:
             got = got & self.participants
         return len(got) >= self._needed()
 
     async def arrive(self, who: str) -> None:
-        """Record ``who``'s arrival (idempotent)."""
+        """Record ``who``'s arrival (idempotent); the first arrival fixes the definition."""
+        await self.define()
         if self.participants is not None and who not in self.participants:
             raise InvalidArgument(f"{who!r} is not a participant of barrier {self.name!r}")
-        self._needed()  # (a barrier that can never tell when it opens is refused first)
         await self.node.apply(self.key, GSet.Add(who), GSet)
         self.node.persist_now()  # (an arrival the caller was told of survives a crash)
 

@@ -267,3 +267,27 @@ async def test_lease_and_election_keys_read_and_watch_as_json(
     st, out = await call(s, n1, "GET", "/v1/keys/lease/db")
     assert st == 200 and out["value"]["holder"] == "a" and out["value"]["token"] == g["token"]
     assert isinstance(out["value"]["expiry"], int)
+
+
+async def test_a_barrier_is_defined_by_its_first_arrival(
+    pair: tuple[Node, Node, aiohttp.ClientSession],
+) -> None:
+    """The first arrival fixes participants and n for every replica: later callers may omit
+    them, a caller that gives others is refused, and nobody can make it open early."""
+    n1, n2, s = pair
+    parts = {"participants": ["a", "b", "c"]}
+    st, out = await call(s, n1, "POST", "/v1/barriers/d/arrive", {"who": "a", **parts})
+    assert st == 200 and out["open"] is False
+    assert await until(lambda: n2.barrier("d").definition() is not None)
+    st, out = await call(s, n2, "POST", "/v1/barriers/d/arrive", {"who": "b"})  # (omitted)
+    assert st == 200 and out == {"arrived": ["a", "b"], "open": False}
+    st, out = await call(s, n2, "POST", "/v1/barriers/d/arrive", {"who": "z", "n": 1})
+    assert st == 400 and "defined as" in out["detail"]
+    st, out = await call(s, n1, "POST", "/v1/barriers/d/arrive", {"who": "zed"})
+    assert st == 400 and "not a participant" in out["detail"]
+    st, out = await call(s, n1, "GET", "/v1/barriers/d?n=1")  # (cannot open it early)
+    assert st == 200 and out["open"] is False
+    assert await until(lambda: n1.barrier("d").arrived() == {"a", "b"})
+    st, out = await call(s, n1, "POST", "/v1/barriers/d/arrive", {"who": "c"})
+    assert st == 200 and out["open"] is True
+    assert await until(lambda: n2.barrier("d").is_open())
