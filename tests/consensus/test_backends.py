@@ -215,24 +215,39 @@ async def test_local_consensus_with_a_path_survives_a_crash(tmp_path: Path) -> N
     await first.close()
 
 
-async def test_etcd_renewal_by_acquire_takes_the_new_ttl_and_uses_spares(etcd: EtcdServer) -> None:
-    """The same holder acquiring again with a longer TTL gets that TTL (same token), as with
-    the other back-ends; and acquires after the first use the spare lease (one round trip)."""
-    c = EtcdConsensus(etcd.url, prefix="/ttl/")
+async def test_etcd_grants_share_a_session_end_on_their_own_and_take_a_new_ttl(
+    etcd: EtcdServer,
+) -> None:
+    """An acquire is one gateway call once the session of its TTL exists; a grant nobody
+    renews ends at its TTL although the session lives on; the same holder acquiring again
+    with a longer TTL gets it (same token); closing ends this plug-in's grants."""
+    c = EtcdConsensus(etcd.url, prefix="/sess/")
+    other = EtcdConsensus(etcd.url, prefix="/sess/")
     try:
-        short = await c.acquire("L", "a", 500)
-        longer = await c.acquire("L", "a", 60_000)
-        assert longer.token == short.token and longer.remaining() > 50
-        st = await c.read("L")
-        assert st.holder == "a" and st.expires_in > 50
-        await asyncio.sleep(0.2)  # (the spare for 60 s is granted in the background)
-        spare, _ = c._spares[60]
-        g = await c.acquire("M", "b", 60_000)
-        assert g.handle == spare, "an acquire with a spare ready uses it (one round trip)"
-        assert g.remaining() > 40
-        assert await c.release(g)
+        first = await c.acquire("A", "a", 2000)  # (creates the 2 s session)
+        calls = c.calls
+        second = await c.acquire("B", "b", 2000)
+        assert c.calls - calls == 1, "one transaction per acquire"
+        assert second.handle == first.handle  # one session, two grants
+        for _ in range(3):  # b renews, a does not
+            await asyncio.sleep(0.8)
+            second = await c.renew(second)
+        with pytest.raises(LeaseLost):
+            await c.renew(first)
+        assert (await other.acquire("A", "x", 2000)).token > first.token  # a's ended
+        longer = await c.acquire("B", "b", 60_000)  # (moved to the 60 s session)
+        assert longer.token == second.token and longer.remaining() > 40
+        st = await c.read("B")
+        assert st.holder == "b" and st.expires_in > 50
+        assert await c.release(longer)
+        assert (await c.read("B")).holder is None
+        g = await c.acquire("C", "c", 60_000)
     finally:
-        await c.close()
+        await c.close()  # ends c's grants: its sessions are revoked
+    try:
+        assert (await other.acquire("C", "y", 2000)).token > g.token
+    finally:
+        await other.close()
 
 
 async def test_raft_members_with_different_member_lists_never_decide() -> None:
