@@ -32,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import math
 import secrets
 import time
@@ -51,6 +52,8 @@ from crdtcoord.consensus.base import (
 from crdtcoord.consensus.local import check_lease_args
 
 __all__ = ["EtcdConsensus"]
+
+log = logging.getLogger("crdtcoord.consensus.etcd")
 
 
 def _b64(x: str | bytes) -> str:
@@ -89,6 +92,8 @@ class EtcdConsensus:
         #: key -> (token, session lease, monotonic deadline): grants made here, deleted by the
         #: maintenance task once their deadline passes without a renewal
         self._owned: dict[str, tuple[int, str, float, str]] = {}
+        #: key -> (token, value): grants past their term whose key is still to be deleted
+        self._ending: dict[str, tuple[int, str]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -156,36 +161,47 @@ class EtcdConsensus:
         idle: dict[int, float] = {}
         while not self._closed:
             await asyncio.sleep(0.25)
-            now = time.monotonic()
-            for key, (token, _lease, deadline, value) in list(self._owned.items()):
-                if now >= deadline:
-                    self._owned.pop(key, None)
-                    with contextlib.suppress(ConsensusError, TimeoutError):
-                        await self._delete_if(key, token, value)
-            used = {lease for _, lease, _, _ in self._owned.values()}
-            for ttl_s, (lease, sent) in list(self._sessions.items()):
-                if lease not in used:
-                    if now - idle.setdefault(ttl_s, now) > 60.0:
-                        del self._sessions[ttl_s]
-                        idle.pop(ttl_s, None)
-                        self._background(self._revoke(lease))
-                        continue
-                else:
+            try:
+                await self._maintain_once(idle)
+            except Exception:  # (never let one bad round stop the keep-alives and the ends)
+                log.exception("etcd session maintenance failed; retrying")
+
+    async def _maintain_once(self, idle: dict[int, float]) -> None:
+        now = time.monotonic()
+        for key, (token, _lease, deadline, value) in list(self._owned.items()):
+            if now >= deadline:  # (no renewal can save it now: see renew)
+                self._owned.pop(key, None)
+                self._ending[key] = (token, value)
+        for key, (token, value) in list(self._ending.items()):
+            try:
+                await self._delete_if(key, token, value)
+                self._ending.pop(key, None)
+            except (ConsensusError, TimeoutError):
+                pass  # (etcd away: tried again next round; the session keeps it meanwhile)
+        used = {lease for _, lease, _, _ in self._owned.values()}
+        for ttl_s, (lease, sent) in list(self._sessions.items()):
+            if lease not in used:
+                if now - idle.setdefault(ttl_s, now) > 60.0:
+                    del self._sessions[ttl_s]
                     idle.pop(ttl_s, None)
-                if now - sent < ttl_s / 4:
+                    self._background(self._revoke(lease))
                     continue
-                try:
-                    left = await self._keepalive(lease)
-                except (TimeoutError, ConsensusError):
-                    continue  # (etcd away: the session may expire; grants end with it)
-                if self._sessions.get(ttl_s, (None,))[0] == lease:
-                    if left > 0:
-                        self._sessions[ttl_s] = (lease, now)
-                    else:  # expired: etcd deleted its keys
-                        del self._sessions[ttl_s]
-                        for key, (_, le, _, _) in list(self._owned.items()):
-                            if le == lease:
-                                self._owned.pop(key, None)
+            else:
+                idle.pop(ttl_s, None)
+            if now - sent < ttl_s / 4:
+                continue
+            try:
+                left = await self._keepalive(lease)
+            except (TimeoutError, ConsensusError):
+                continue  # (etcd away: the session may expire; grants end with it)
+            if self._sessions.get(ttl_s, (None,))[0] == lease:
+                if left > 0:
+                    self._sessions[ttl_s] = (lease, now)
+                else:  # expired: etcd deleted its keys
+                    del self._sessions[ttl_s]
+                    for key, (_, le, _, _) in list(self._owned.items()):
+                        if le == lease:
+                            self._owned.pop(key, None)
 
     async def _delete_if(self, key: str, token: int, value: str | None = None) -> bool:
         """Delete ``key`` if it still has create revision ``token`` (and ``value``, when
