@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,18 +87,23 @@ def test_convergence_matches_the_reference_at_n_100(mode: Mode, reference: float
     assert abs(statistics.fmean(runs) - reference) <= 1.0, runs
 
 
-def test_notebook_executes() -> None:
+def executed(name: str) -> Any:
+    """notebooks/``name``, executed in a fresh kernel (cwd: notebooks/)."""
     import nbclient
     import nbformat
 
-    nb = nbformat.read(ROOT / "notebooks" / "convergence.ipynb", as_version=4)
-    client = nbclient.NotebookClient(
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    nbclient.NotebookClient(
         nb,
         timeout=600,
         kernel_name="python3",
         resources={"metadata": {"path": str(ROOT / "notebooks")}},
-    )
-    client.execute()
+    ).execute()
+    return nb
+
+
+def test_notebook_executes() -> None:
+    nb = executed("convergence.ipynb")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -119,17 +125,7 @@ def test_notebook_executes() -> None:
 def test_escalation_notebook_executes() -> None:
     """notebooks/escalation.ipynb: five partitioned optimistic claims, one decision for the
     earliest, every replica on it; the same race without consensus only converges."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(ROOT / "notebooks" / "escalation.ipynb", as_version=4)
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=600,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(ROOT / "notebooks")}},
-    )
-    client.execute()
+    nb = executed("escalation.ipynb")
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert len([o for o in outputs if "image/png" in o.get("data", {})]) >= 3

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from crdtcoord._exceptions import InvalidArgument, LeaseHeld
-from crdtcoord._wire import check_replica
 from crdtcoord.consensus.base import (
     Consensus,
     ConsensusError,
@@ -49,6 +48,7 @@ from crdtcoord.consensus.base import (
 )
 from crdtcoord.engine import Escalation
 from crdtcoord.types import Lease, LeaseInfo
+from crdtcoord.types.lease import check_holder
 
 if TYPE_CHECKING:
     from crdtcoord.runtime.node import Node
@@ -70,16 +70,6 @@ def _acquire_op(holder: str, ttl_ms: int) -> Lease.Acquire:
     _set(op, "holder", holder)
     _set(op, "ttl_ms", ttl_ms)
     return op
-
-
-def check_holder(holder: object) -> str:
-    """A holder is a non-empty str of at most 255 UTF-8 bytes (the replica-id rule)."""
-    try:
-        return check_replica(holder)
-    except InvalidArgument:
-        raise InvalidArgument(
-            f"holder must be a non-empty str of at most 255 UTF-8 bytes: {holder!r}"
-        ) from None
 
 
 def lease_key(name: str) -> str:
@@ -565,18 +555,17 @@ class Escalator:
         if a.token != b.token:
             self.stats.dominated += 1
             return
-        e_key = key
-        cid = conflict_id(e_key, a.token)
+        cid = conflict_id(key, a.token)
         done = self._decided.get(cid)
         if done is not None:
-            self._spawn(self._apply(e_key, done))
+            self._spawn(self._apply(key, done))
             return
         seen = self._inflight.get(cid)
         if seen is not None:
             seen.extend(x for x in (a, b) if x not in seen)
             return
         self._inflight[cid] = [a, b]
-        self._spawn(self._resolve(e_key, cid))
+        self._spawn(self._resolve(key, cid))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)

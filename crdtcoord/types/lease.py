@@ -50,7 +50,7 @@ class LeaseInfo(NamedTuple):
         return self.holder is not None and now < self.expiry
 
 
-def _check_holder(holder: object) -> str:
+def check_holder(holder: object) -> str:
     """Holders follow the replica-id rules: non-empty, at most 255 bytes of valid UTF-8."""
     try:
         return check_replica(holder)
@@ -224,7 +224,7 @@ class Lease(CRDTBase):
         Held by someone else: :class:`LeaseHeld`, nothing changes.
         """
         check_replica(replica)
-        holder = _check_holder(holder)
+        holder = check_holder(holder)
         ttl = _check_ttl(ttl_ms)
         return self._acquire(replica, holder, _check_now(now, self._rec), ttl)
 
@@ -246,7 +246,7 @@ class Lease(CRDTBase):
         again, so the holder must ``acquire`` anew (and gets a new token).
         """
         check_replica(replica)
-        holder = _check_holder(holder)
+        holder = check_holder(holder)
         ttl = _check_ttl(ttl_ms)
         return self._renew(replica, holder, _check_now(now, self._rec), ttl)
 
@@ -266,7 +266,7 @@ class Lease(CRDTBase):
     def release(self, replica: str, holder: str, now: Timestamp | HLC) -> Lease:
         """Give the lease up (same token, next epoch: beats any concurrent renewal)."""
         check_replica(replica)
-        holder = _check_holder(holder)
+        holder = check_holder(holder)
         now = _check_now(now, self._rec)
         rec = self._rec
         if rec is None or rec.holder != holder:
@@ -290,7 +290,7 @@ class Lease(CRDTBase):
         """
         check_replica(replica)
         if holder is not None:
-            holder = _check_holder(holder)
+            holder = check_holder(holder)
         ttl = _check_ttl(ttl_ms)
         now = _check_now(now, self._rec)
         check_amount(min_token, "min_token")

@@ -196,12 +196,9 @@ def test_in_the_simulator_conflicting_claims_escalate_once_and_converge() -> Non
         assert len(decisions) == 1, (seed, decisions)
 
 
-@pytest.mark.parametrize("n", [3, 5])
-async def test_a_race_of_many_partitioned_claims_is_one_decision_for_the_earliest(n: int) -> None:
-    """Every node alone claims the lease (10 ms apart), then the partition heals: one decision
-    (not one per pair of claims), the earliest claim wins with a new token everywhere, its
-    grant goes on with that token, every other grant is told it lost."""
-    net, cons = LocalNetwork(), LocalConsensus(shared=True)
+async def started_nodes(n: int, cons: LocalConsensus) -> tuple[LocalNetwork, list[Node]]:
+    """``n`` started nodes n0, n1... on one LocalNetwork, sharing ``cons``."""
+    net = LocalNetwork()
     names = [f"n{i}" for i in range(n)]
     nodes = [
         Node(x, transport=LocalTransport(net, [m for m in names if m != x]), config=FAST,
@@ -210,6 +207,17 @@ async def test_a_race_of_many_partitioned_claims_is_one_decision_for_the_earlies
     ]  # fmt: skip
     for node in nodes:
         await node.start()
+    return net, nodes
+
+
+@pytest.mark.parametrize("n", [3, 5])
+async def test_a_race_of_many_partitioned_claims_is_one_decision_for_the_earliest(n: int) -> None:
+    """Every node alone claims the lease (10 ms apart), then the partition heals: one decision
+    (not one per pair of claims), the earliest claim wins with a new token everywhere, its
+    grant goes on with that token, every other grant is told it lost."""
+    cons = LocalConsensus(shared=True)
+    net, nodes = await started_nodes(n, cons)
+    names = [x.node_id for x in nodes]
     try:
         net.partition(*[[x] for x in names])
         grants = []
@@ -328,15 +336,7 @@ async def test_an_escalation_waits_out_a_consensus_outage_and_contested_grants_r
     the conflict is undecided (a fence could not tell them apart), the escalation keeps
     proposing past its quick retries, and the decision lands once consensus is back."""
     cons = _Flaky(shared=True)
-    net = LocalNetwork()
-    names = ["n0", "n1"]
-    nodes = [
-        Node(x, transport=LocalTransport(net, [m for m in names if m != x]), config=FAST,
-             consensus=cons)
-        for x in names
-    ]  # fmt: skip
-    for node in nodes:
-        await node.start()
+    net, nodes = await started_nodes(2, cons)
     try:
         net.partition(["n0"], ["n1"])
         ga = await nodes[0].lease("job").acquire("A", 30, mode="optimistic")
@@ -368,15 +368,7 @@ async def test_a_strong_grant_and_an_optimistic_claim_across_a_partition_end_wit
     (both token 1). After the heal exactly one of them holds it everywhere, and a strong grant
     that lost is given back to consensus."""
     cons = LocalConsensus(shared=True)
-    net = LocalNetwork()
-    names = ["n0", "n1"]
-    nodes = [
-        Node(x, transport=LocalTransport(net, [m for m in names if m != x]), config=FAST,
-             consensus=cons)
-        for x in names
-    ]  # fmt: skip
-    for node in nodes:
-        await node.start()
+    net, nodes = await started_nodes(2, cons)
     try:
         net.partition(["n0"], ["n1"])
         gx = await nodes[1].lease("job").acquire("X", 30, mode="optimistic")
