@@ -18,6 +18,7 @@ from crdtcoord._exceptions import (
 from crdtcoord._wire import Limits, Reader
 from crdtcoord.clocks import HLC, Causality, Dot, DotContext, Timestamp, VersionVector
 from crdtcoord.codec import decode, decode_op, digest, encode, encode_op
+from crdtcoord.documents import Document, InvalidUpdate
 from crdtcoord.engine import (
     ALL,
     LOCAL,
@@ -67,6 +68,7 @@ __all__ = [
     "ConsistencyTimeout",
     "CrdtError",
     "CrdtcoordError",
+    "Document",
     "Dot",
     "DotContext",
     "Engine",
@@ -77,6 +79,7 @@ __all__ = [
     "IncompatibleMerge",
     "InsufficientRights",
     "InvalidArgument",
+    "InvalidUpdate",
     "LWWRegister",
     "Lease",
     "LeaseHeld",

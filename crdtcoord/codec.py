@@ -111,7 +111,13 @@ def decode(
 
 
 def digest(x: CRDTBase) -> bytes:
-    """A 16-byte BLAKE2b digest of the canonical encoding: equal states, equal digests."""
+    """A 16-byte BLAKE2b digest of the canonical encoding: equal states, equal digests.
+
+    A type may define ``content_digest()`` (16 bytes) instead, when its encoding is not canonical
+    or too large to hash on every change (documents: state vector + delete set)."""
+    own = getattr(x, "content_digest", None)
+    if own is not None:
+        return own()  # type: ignore[no-any-return]
     return hashlib.blake2b(encode(x), digest_size=DIGEST_SIZE).digest()
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "PeerRepair",
     "Persist",
     "TypeConflict",
+    "EntryRefused",
     "ReadDone",
     "Send",
     "WriteDone",
@@ -143,6 +144,16 @@ class TypeConflict:
 
 
 @dataclass(frozen=True, slots=True)
+class EntryRefused:
+    """A peer's state or delta for ``key`` was refused by the local state (a document update
+    that does not integrate): nothing changed; ``reason`` says why."""
+
+    key: str
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRepair:
     """A peer is handed to anti-entropy: ``behind`` (it fell behind the delta buffer, or
     restarted without its state) or ``probe`` (it went silent with a large backlog: a root
@@ -152,5 +163,14 @@ class PeerRepair:
     reason: str = field(default="behind")
 
 
-Event = Changed | WriteDone | ReadDone | OpFailed | Escalation | TypeConflict | PeerRepair
+Event = (
+    Changed
+    | WriteDone
+    | ReadDone
+    | OpFailed
+    | Escalation
+    | TypeConflict
+    | PeerRepair
+    | EntryRefused
+)
 Effect = Send | Persist | Event

@@ -16,12 +16,12 @@ import heapq
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from crdtcoord._exceptions import IncompatibleMerge, InvalidArgument
+from crdtcoord._exceptions import CodecError, IncompatibleMerge, InvalidArgument
 from crdtcoord.clocks.vv import Causality, VersionVector
 from crdtcoord.codec import digest as state_digest
 from crdtcoord.codec import encode
 from crdtcoord.engine.core import Core
-from crdtcoord.engine.effects import Escalation, Persist, TypeConflict
+from crdtcoord.engine.effects import EntryRefused, Escalation, Persist, TypeConflict
 from crdtcoord.engine.messages import MAX_KEY_BYTES, Entry
 from crdtcoord.engine.tree import DigestIndex
 from crdtcoord.types import CRDTBase, Op, UpdateContext
@@ -109,11 +109,20 @@ class Store:
         """Take ownership of restored states (from storage) before the engine starts."""
         for k, v in states.items():
             check_key(k, internal=True)
+            self._adopt(k, v, restored=True)
             self._states[k] = v
             self.index.touch(k)
             self._track_expiry(k)
         for k, vv in versions.items():
             self._vv[k] = vv
+
+    def _adopt(self, key: str, state: CRDTBase, *, restored: bool = False) -> None:
+        """A state becomes this replica's live state of ``key``: types that bind a per-replica
+        identity (a document's client id) take it from the actor and the key here; ``restored``
+        says the state is this replica's own, from its storage."""
+        adopt = getattr(state, "adopt", None)
+        if adopt is not None:
+            adopt(self._core.actor, key, restored=restored)
 
     def _track_expiry(self, key: str) -> None:
         if key[0] == EXPIRY_MARK:
@@ -226,6 +235,7 @@ class Store:
                 raise InvalidArgument(f"factory must build a CRDT, got {type(proto).__name__}")
             if found is None:
                 state = proto
+                self._adopt(key, state)
             elif rank(found) != rank(proto):
                 raise IncompatibleMerge(
                     f"key {key!r} holds a {type(found).__name__}, not a {type(proto).__name__}"
@@ -288,13 +298,25 @@ class Store:
                         core.count("entries_expired")  # (deleted here; the sender will too)
                         continue
                     self._track_expiry(key)
-                self._states[key] = incoming.copy()
+                fresh = incoming.copy()
+                try:
+                    self._adopt(key, fresh)
+                except CodecError as exc:
+                    self._refused(key, origin, exc)
+                    continue
+                self._states[key] = fresh
                 grew = True
             elif rank(local) != rank(incoming):
                 # Concurrent creation with two types: the larger rank wins everywhere; the other
                 # state is dropped, and the application is told.
                 if rank(incoming) > rank(local):
-                    self._states[key] = incoming.copy()
+                    fresh = incoming.copy()
+                    try:
+                        self._adopt(key, fresh)
+                    except CodecError as exc:
+                        self._refused(key, origin, exc)
+                        continue
+                    self._states[key] = fresh
                     grew = replaced = True
                     dropped, kept = local, incoming
                 else:
@@ -303,7 +325,11 @@ class Store:
                 core.count("type_conflicts")
             else:
                 before = local.copy() if vv is not None and key in self._vv else None
-                grew = local.merge(incoming)
+                try:
+                    grew = local.merge(incoming)
+                except CodecError as exc:  # (a document update that does not integrate)
+                    self._refused(key, origin, exc)
+                    continue
                 if before is not None and vv is not None:
                     self._check_escalation(key, before, incoming, vv, origin)
             vv_grew = vv is not None and self._vv.setdefault(key, VersionVector()).merge(vv)
@@ -326,6 +352,11 @@ class Store:
         core.count("entries_received", len(entries))
         core.count("entries_inflating", len(inflated))
         return inflated
+
+    def _refused(self, key: str, origin: str, exc: CodecError) -> None:
+        """An entry whose content the state refused (it changed nothing): counted and told."""
+        self._core.count("entries_refused")
+        self._core.emit(EntryRefused(key, origin, str(exc)))
 
     def _check_escalation(
         self, key: str, local: CRDTBase, remote: CRDTBase, remote_vv: VersionVector, peer: str

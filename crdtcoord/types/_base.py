@@ -102,7 +102,8 @@ def as_context(ctx: object) -> UpdateContext:
 #: What an op field holds; drives validation, the wire form and the testing kit's strategies.
 #: ``amount`` int >= 0; ``int`` any 64-bit int; ``ttl`` int >= 1 (ms); ``element``/``key`` a set
 #: element or map key; ``value`` a register value; ``replica``/``holder`` an id; ``holder?`` an id
-#: or None; ``op`` a nested op (of a type a map accepts).
+#: or None; ``op`` a nested op (of a type a map accepts); ``update`` a Yjs v1 update (bytes, read
+#: strictly).
 FIELD_KINDS = (
     "amount",
     "int",
@@ -114,6 +115,7 @@ FIELD_KINDS = (
     "holder",
     "holder?",
     "op",
+    "update",
 )
 
 
@@ -138,6 +140,16 @@ def _check_field(kind: str, x: object, name: str) -> Any:
         if not isinstance(x, Op):
             raise InvalidArgument(f"{name} must be an op, got {type(x).__name__}")
         return x
+    if kind == "update":
+        from crdtcoord.documents._v1 import UpdateError, parse_update
+
+        if not isinstance(x, bytes | bytearray):
+            raise InvalidArgument(f"{name} must be bytes (a Yjs v1 update), got {type(x).__name__}")
+        try:
+            parse_update(x)
+        except UpdateError as exc:
+            raise InvalidArgument(f"{name} is not a v1 update: {exc}") from None
+        return bytes(x)
     raise InvalidArgument(f"unknown op field kind {kind!r}")
 
 

@@ -1,0 +1,377 @@
+"""A strict reader of Yjs **v1** updates and state vectors (lib0 encoding), in pure Python.
+
+pycrdt accepts a v1 update followed by junk, silently ignores a v2 update, and can half-apply a
+decodable but inconsistent one (``reference/pycrdt.md`` §1.9). Before an update touches a
+document, :func:`parse_update` reads every byte of it against the v1 grammar (Yjs
+``readClientsStructRefs`` + ``readDeleteSet``): the struct and content kinds, the ids, the
+strings (valid UTF-8), the JSON and ``Any`` values, and that nothing follows the delete set.
+What it returns — per-client clock ranges, the delete set and the root types it saw — is what the
+document needs to tell an integrated update from a pending one and to name its root types.
+
+Numbers are bounded: lib0 var-uints above 2**53 - 1 (JavaScript's safe integers) are refused, so
+are nested ``Any`` values deeper than :data:`MAX_DEPTH`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from crdtcoord._exceptions import CodecError
+
+__all__ = [
+    "MAX_DEPTH",
+    "ParsedUpdate",
+    "encode_delete_set",
+    "encode_state_vector",
+    "parse_state_vector",
+    "parse_update",
+    "read_var_uint",
+    "write_var_uint",
+]
+
+#: Deepest nesting of ``Any`` values (objects in arrays in objects ...) accepted.
+MAX_DEPTH = 64
+_SAFE = (1 << 53) - 1
+
+# content refs (info & 0x1f)
+_GC, _DELETED, _JSON, _BINARY, _STRING, _EMBED, _FORMAT, _TYPE, _ANY, _DOC, _SKIP = range(11)
+# type refs of ContentType
+_XML_ELEMENT, _XML_HOOK = 3, 5
+_TYPE_KINDS = {0: "array", 1: "map", 2: "text", 3: "xml", 4: "xml", 5: "xml", 6: "xml"}
+
+
+class UpdateError(CodecError):
+    """Bytes that are not a well-formed Yjs v1 update (or state vector)."""
+
+
+@dataclass(slots=True)
+class ParsedUpdate:
+    """What a v1 update holds, without its contents.
+
+    ``structs`` maps a client id to its ``(first clock, end clock)`` (end exclusive, Skips
+    excluded); ``deletes`` maps a client id to its ``(clock, length)`` ranges; ``roots`` names the
+    root types that items of the update place content in directly, with the kind the content
+    shows (``text``, ``map``, ``array`` or ``xml``; None when it cannot tell).
+    """
+
+    structs: dict[int, tuple[int, int]] = field(default_factory=dict)
+    deletes: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    roots: dict[str, str | None] = field(default_factory=dict)
+    items: int = 0
+    #: where the delete set starts in the update's bytes
+    ds_offset: int = 0
+
+    def is_empty(self) -> bool:
+        return not self.structs and not any(self.deletes.values())
+
+
+class _Reader:
+    __slots__ = ("buf", "end", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+
+    def fail(self, what: str) -> UpdateError:
+        return UpdateError(f"{what} (at byte {self.pos} of {self.end})")
+
+    def byte(self) -> int:
+        if self.pos >= self.end:
+            raise self.fail("truncated update")
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def uint(self) -> int:
+        buf, pos, end = self.buf, self.pos, self.end
+        n = shift = 0
+        while True:
+            if pos >= end:
+                self.pos = pos
+                raise self.fail("truncated variable-length integer")
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 56:
+                self.pos = pos
+                raise self.fail("variable-length integer too long")
+        self.pos = pos
+        if n > _SAFE:
+            raise self.fail(f"integer {n} beyond 2**53 - 1")
+        return n
+
+    def sint(self) -> int:
+        b = self.byte()
+        n = b & 0x3F
+        negative = bool(b & 0x40)
+        shift = 6
+        while b & 0x80:
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if shift > 62:
+                raise self.fail("variable-length integer too long")
+        if n > _SAFE:
+            raise self.fail(f"integer {n} beyond 2**53 - 1")
+        return -n if negative else n
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise self.fail(f"truncated update (a {n}-byte field)")
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def string(self) -> str:
+        raw = self.take(self.uint())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail("string is not valid UTF-8") from None
+
+    def json(self) -> None:
+        s = self.string()
+        if s == "undefined":
+            return
+        try:
+            json.loads(s)
+        except ValueError:
+            raise self.fail("invalid JSON content") from None
+
+    def any(self, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise self.fail("values nest too deeply")
+        tag = self.byte()
+        if tag in (127, 126, 121, 120):  # undefined, null, false, true
+            return
+        if tag == 125:
+            self.sint()
+        elif tag == 124:
+            self.take(4)
+        elif tag == 123 or tag == 122:
+            self.take(8)
+        elif tag == 119:
+            self.string()
+        elif tag == 118:
+            for _ in range(self.uint()):
+                self.string()
+                self.any(depth + 1)
+        elif tag == 117:
+            for _ in range(self.uint()):
+                self.any(depth + 1)
+        elif tag == 116:
+            self.take(self.uint())
+        else:
+            raise self.fail(f"unknown value tag {tag}")
+
+
+def _utf16_len(s: str) -> int:
+    """Length of ``s`` in UTF-16 code units (Yjs counts string items so)."""
+    n = len(s)
+    return n + sum(1 for c in s if ord(c) > 0xFFFF) if not s.isascii() else n
+
+
+def _content(
+    r: _Reader, ref: int, roots: dict[str, str | None], root: str | None, sub: bool
+) -> int:
+    """Read one item's content; returns its length in clock ticks."""
+    kind: str | None = None
+    if ref == _DELETED:
+        n = r.uint()
+    elif ref == _JSON:
+        n = r.uint()
+        for _ in range(n):
+            r.json()
+        kind = "array"
+    elif ref == _BINARY:
+        r.take(r.uint())
+        n, kind = 1, "array"
+    elif ref == _STRING:
+        # (yrs can write an empty string item after splitting a surrogate pair: length 0)
+        n, kind = _utf16_len(r.string()), "text"
+    elif ref == _EMBED:
+        r.json()
+        n, kind = 1, "text"
+    elif ref == _FORMAT:
+        r.string()
+        r.json()
+        n, kind = 1, "text"
+    elif ref == _TYPE:
+        tref = r.uint()
+        if tref not in _TYPE_KINDS:
+            raise r.fail(f"unknown type ref {tref}")
+        if tref in (_XML_ELEMENT, _XML_HOOK):
+            r.string()
+        n = 1
+        kind = "xml" if _TYPE_KINDS[tref] == "xml" else "array"
+    elif ref == _ANY:
+        n = r.uint()
+        for _ in range(n):
+            r.any()
+        kind = "array"
+    elif ref == _DOC:
+        r.string()
+        r.any()
+        n, kind = 1, "array"
+    else:
+        raise r.fail(f"unknown content ref {ref}")
+    if n == 0 and ref != _STRING:
+        raise r.fail(f"empty item (content {ref})")
+    if root is not None:
+        if sub:
+            kind = "map"
+        if kind is not None:
+            prev = roots.get(root)
+            if prev is None or (prev == "array" and kind == "xml"):
+                roots[root] = kind
+        else:
+            roots.setdefault(root, None)
+    return n
+
+
+def parse_update(data: bytes | bytearray | memoryview) -> ParsedUpdate:
+    """Read a whole v1 update strictly; :class:`UpdateError` on anything else (v2, junk, ...)."""
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise UpdateError(f"an update is bytes, got {type(data).__name__}")
+        data = bytes(data)
+    r = _Reader(data)
+    out = ParsedUpdate()
+    try:
+        _parse(r, out)
+    except UpdateError as exc:
+        if data[:1] == b"\x00" and len(data) > 2:
+            raise UpdateError(
+                f"{exc}; not a v1 update (Yjs v2 updates are not supported)"
+            ) from None
+        raise
+    return out
+
+
+def _parse(r: _Reader, out: ParsedUpdate) -> None:
+    structs, roots = out.structs, out.roots
+    for _ in range(r.uint()):
+        n_structs = r.uint()
+        client = r.uint()
+        clock = r.uint()
+        if client in structs:
+            raise r.fail(f"client {client} appears twice")
+        first = clock
+        last = clock
+        for _ in range(n_structs):
+            info = r.byte()
+            ref = info & 0x1F
+            if ref in (_GC, _SKIP):
+                n = r.uint()
+                if n == 0:
+                    raise r.fail("empty struct")
+                clock += n
+                if ref == _GC:
+                    last = clock
+                continue
+            has_origin, has_right = info & 0x80, info & 0x40
+            if has_origin:
+                r.uint()
+                r.uint()
+            if has_right:
+                r.uint()
+                r.uint()
+            root: str | None = None
+            sub = False
+            if not has_origin and not has_right:
+                flag = r.uint()
+                if flag == 1:
+                    root = r.string()
+                elif flag == 0:
+                    r.uint()
+                    r.uint()
+                else:
+                    raise r.fail(f"bad parent flag {flag}")
+                if info & 0x20:
+                    r.string()
+                    sub = True
+            clock += _content(r, ref, roots, root, sub)
+            last = clock
+            out.items += 1
+        if clock > _SAFE:
+            raise r.fail("clock beyond 2**53 - 1")
+        if n_structs and last > first:
+            structs[client] = (first, last)
+    deletes = out.deletes
+    out.ds_offset = r.pos
+    for _ in range(r.uint()):
+        client = r.uint()
+        ranges = deletes.setdefault(client, [])
+        for _ in range(r.uint()):
+            clock = r.uint()
+            n = r.uint()
+            if clock + n > _SAFE:
+                raise r.fail("delete range beyond 2**53 - 1")
+            if n:
+                ranges.append((clock, n))
+    if r.pos != r.end:
+        raise r.fail(f"{r.end - r.pos} bytes after the end of the update")
+
+
+def parse_state_vector(data: bytes | bytearray | memoryview) -> dict[int, int]:
+    """Read a v1 state vector strictly: ``{client: clock}``."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise UpdateError(f"a state vector is bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    out: dict[int, int] = {}
+    for _ in range(r.uint()):
+        client = r.uint()
+        clock = r.uint()
+        if client in out:
+            raise r.fail(f"client {client} appears twice in the state vector")
+        out[client] = clock
+    if r.pos != r.end:
+        raise r.fail(f"{r.end - r.pos} bytes after the end of the state vector")
+    return out
+
+
+def encode_state_vector(sv: dict[int, int]) -> bytes:
+    """The v1 encoding of ``{client: clock}`` (clients in descending order, as Yjs writes)."""
+    out = bytearray(write_var_uint(len(sv)))
+    for client in sorted(sv, reverse=True):
+        out += write_var_uint(client)
+        out += write_var_uint(sv[client])
+    return bytes(out)
+
+
+def encode_delete_set(ds: dict[int, list[tuple[int, int]]]) -> bytes:
+    """The v1 encoding of a delete set ``{client: [(clock, length), ...]}``."""
+    out = bytearray(write_var_uint(len(ds)))
+    for client in sorted(ds, reverse=True):
+        ranges = ds[client]
+        out += write_var_uint(client)
+        out += write_var_uint(len(ranges))
+        for clock, n in ranges:
+            out += write_var_uint(clock)
+            out += write_var_uint(n)
+    return bytes(out)
+
+
+def write_var_uint(n: int) -> bytes:
+    """lib0 var-uint (LEB128, 7 bits per byte, least significant first)."""
+    if n < 0:
+        raise ValueError("var-uints are non-negative")
+    out = bytearray()
+    while n > 0x7F:
+        out.append(0x80 | (n & 0x7F))
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_var_uint(buf: bytes, pos: int) -> tuple[int, int]:
+    """A var-uint at ``buf[pos:]``: ``(value, next position)``; :class:`UpdateError` if bad."""
+    r = _Reader(buf)
+    r.pos = pos
+    v = r.uint()
+    return v, r.pos
