@@ -176,7 +176,7 @@ class Document(CRDTBase):
         "_doc",
         "_local",
         "_pending",
-        "_quiet",
+        "_remote",
         "_roots",
         "_seed",
         "_shadow",
@@ -184,6 +184,7 @@ class Document(CRDTBase):
         "_updates",
         "collisions",
         "on_local_edit",
+        "on_update",
     )
 
     ALLOWED_IN_MAP: ClassVar[bool] = False
@@ -197,11 +198,14 @@ class Document(CRDTBase):
         self._client: int | None = None
         self._local: list[bytes] = []
         self._sub: Any = None
-        self._quiet = False
+        self._remote = False
         self._digest: bytes | None = None
         #: Called (no arguments) after a local edit made directly on :attr:`doc`, so a driver
         #: can commit it (the runtime schedules a commit on its loop).
         self.on_local_edit: Callable[[], None] | None = None
+        #: Called with ``(update, remote)`` for every transaction of the live ``Doc`` (local
+        #: edits and updates from elsewhere): the feed of a y-protocols room.
+        self.on_update: Callable[[bytes, bool], None] | None = None
         #: How many times this replica switched client ids because another writer used its id.
         self.collisions = 0
         self._seed: tuple[str, str] | None = None
@@ -278,9 +282,12 @@ class Document(CRDTBase):
         return doc
 
     def _observe(self, ev: Any) -> None:
-        if self._quiet:
+        u = bytes(ev.update)  # (copied at once: pycrdt events must not outlive the callback)
+        tap = self.on_update
+        if tap is not None:
+            tap(u, self._remote)
+        if self._remote:
             return
-        u = bytes(ev.update)
         self._local.append(u)
         shadow = self._shadow
         if shadow is not None:
@@ -297,13 +304,8 @@ class Document(CRDTBase):
         if self._sub is not None:
             old.unobserve(self._sub)
         doc: Doc[Any] = Doc(client_id=client_id) if client_id is not None else Doc()
-        self._quiet = True
-        try:
-            doc.apply_update(full)
-            for u, _ in self._pending.values():
-                doc.apply_update(u)
-        finally:
-            self._quiet = False
+        for u in [full, *self._pending]:
+            doc.apply_update(u)  # (not observed yet: the same content, nothing to report)
         for name, kind in self._roots.items():
             doc.get(name, type=ROOT_KINDS[kind])
         self._doc = doc
@@ -347,13 +349,13 @@ class Document(CRDTBase):
         before_ds = live.get_update(before_sv) if has_deletes else b""
         own = live.client_id
         sv0 = parse_state_vector(before_sv)
-        self._quiet = True
+        self._remote = True
         try:
             with live.transaction(origin=REMOTE):
                 for u, _ in fresh:
                     live.apply_update(u)
         finally:
-            self._quiet = False
+            self._remote = False
         after_sv = live.get_state()
         sv = parse_state_vector(after_sv)
         grew = after_sv != before_sv
@@ -584,6 +586,13 @@ class Document(CRDTBase):
             d._updates.append((u, _parse(u)))
         d._updates.extend(self._pending.values())
         return d
+
+    def update_since(self, state: bytes | None = None) -> bytes:
+        """One v1 update with what a replica at state vector ``state`` lacks (everything if
+        None), the pending updates included: what a Yjs client's step1 is answered with."""
+        doc = self._materialize()
+        u = bytes(doc.get_update(state))
+        return _merge([u, *self._pending]) if self._pending else u
 
     @classmethod
     def read_summary(cls, payload: Any, reader: Reader) -> bytes:

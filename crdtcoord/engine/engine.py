@@ -225,6 +225,17 @@ class Engine:
         s = self._store.state(key)
         return None if s is None else s.copy()
 
+    def live(self, key: str) -> CRDTBase | None:
+        """The live state of ``key`` itself, not a copy (None if absent). For types whose state
+        is a live object edited in place, such as a document's pycrdt ``Doc``; mutate it only
+        through :meth:`update` (a document commits its own edits that way)."""
+        return self._store.state(key)
+
+    def kind(self, key: str) -> type[CRDTBase] | None:
+        """The type of ``key``'s state (None if absent), without copying it."""
+        s = self._store.state(key)
+        return None if s is None else type(s)
+
     def value(self, key: str) -> Any:
         """The local value of ``key`` (None if absent)."""
         s = self._store.state(key)

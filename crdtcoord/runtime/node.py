@@ -38,6 +38,7 @@ from crdtcoord.coordination.failure import PhiAccrual, PhiSettings
 from crdtcoord.coordination.leases import Escalator, Grants, LeaseHandle
 from crdtcoord.coordination.ratelimit import RateLimiter
 from crdtcoord.coordination.semaphore import Semaphore
+from crdtcoord.documents import Document
 from crdtcoord.engine import (
     LOCAL,
     MEMBERS_KEY,
@@ -54,6 +55,7 @@ from crdtcoord.engine import (
     WriteDone,
 )
 from crdtcoord.host import Host, MemoryStorage, Storage
+from crdtcoord.runtime.documents import DocumentHandle, _take_local
 from crdtcoord.runtime.feed import META_KEY, ChangeFeed, Subscription
 from crdtcoord.runtime.handles import (
     BoundedCounterHandle,
@@ -172,6 +174,7 @@ class Node:
         self.ops_applied = 0
         self._early_peers: list[str] = []
         self._key_watchers: dict[str, list[Callable[[], None]]] = {}
+        self._edited_docs: set[str] = set()
         self._semaphores: dict[str, Semaphore] = {}
         #: the smallest fencing token an optimistic grant of this process hands out
         self.token_floor = 0
@@ -259,6 +262,7 @@ class Node:
         LEAVE would announce it again."""
         if self._closing or self._host is None:
             return False
+        self._commit_documents()  # (direct document edits not committed yet)
         self._closing = True
         host = self._host
         host.flush()
@@ -528,7 +532,7 @@ class Node:
 
     # ------------------------------------------------------------------ updates and reads
 
-    def apply_local(self, key: str, factory: Any, op: Op) -> None:
+    def apply_local(self, key: str, factory: Any, op: Op | Callable[..., CRDTBase]) -> None:
         """Apply an update at LOCAL consistency, now (no suspension): the fast path of the
         handles. Durable within one batching window; the timer writes and sends it."""
         host = self._host
@@ -554,7 +558,7 @@ class Node:
     async def apply(
         self,
         key: str,
-        op: Op,
+        op: Op | Callable[..., CRDTBase],
         factory: Any = None,
         *,
         consistency: Consistency = LOCAL,
@@ -568,7 +572,10 @@ class Node:
             raise NotRunning(
                 "the node is not running" if self._host is None else "the node is closing"
             )
-        factory = factory or type(op).TYPE
+        if factory is None:
+            if not isinstance(op, Op):
+                raise InvalidArgument("an update function needs a factory (the key's type)")
+            factory = type(op).TYPE
         if consistency is LOCAL and op_id is None:
             self.apply_local(key, factory, op)
             return True
@@ -630,6 +637,32 @@ class Node:
             self._host.flush()
 
     # ------------------------------------------------------------------ handles
+
+    def document(self, name: str) -> DocumentHandle:
+        """The Yjs document ``name`` (see :mod:`crdtcoord.runtime.documents`)."""
+        return DocumentHandle(self, name)
+
+    def attach_document(self, key: str, state: Document) -> None:
+        """Commit the direct edits of ``key``'s live document on the loop, right after them."""
+        if state.on_local_edit is None:
+            state.on_local_edit = lambda: self._document_edited(key)
+
+    def _document_edited(self, key: str) -> None:
+        if key in self._edited_docs:
+            return
+        self._edited_docs.add(key)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(self._commit_documents)
+
+    def _commit_documents(self) -> None:
+        """Commit the direct edits made on live documents (LOCAL consistency)."""
+        keys, self._edited_docs = self._edited_docs, set()
+        if self._host is None or self._closing:
+            return
+        for key in keys:
+            state = self.engine.live(key)
+            if isinstance(state, Document) and state.has_local():
+                self.apply_local(key, Document, _take_local)
 
     def counter(self, name: str) -> CounterHandle:
         return CounterHandle(self, name)

@@ -13,6 +13,8 @@ route                      who                 what
 ``GET /v1/watch``          clients (token)     change feed as server-sent events
 ``GET /v1/status``         clients (token)     node, peers, lag, keys, sync counters
 ``GET /metrics``           clients (token)     Prometheus text
+``GET /v1/yjs/{name}``     clients (token)     WebSocket: y-protocols sync + awareness of the
+                                               document ``name`` (stock ``y-websocket``)
 =========================  ==================  ===========================================
 
 With a cluster secret, client routes need a bearer token (``Authorization: Bearer T`` or
@@ -29,6 +31,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -49,7 +52,10 @@ from crdtcoord import (
 )
 from crdtcoord.clocks.hlc import Timestamp
 from crdtcoord.consensus.base import ConsensusUnavailable, LeaseLost
+from crdtcoord.documents import Document
+from crdtcoord.documents.sync import ProtocolViolation, Room
 from crdtcoord.engine import LOCAL, Consistency, ProtocolError
+from crdtcoord.engine.store import check_key
 from crdtcoord.host import StorageError
 from crdtcoord.runtime.node import NotRunning
 from crdtcoord.runtime.transport import NodePort
@@ -88,7 +94,7 @@ def to_json(v: Any) -> Any:
             return sorted(items)
         except TypeError:
             return sorted(items, key=repr)
-    if isinstance(v, bytes):
+    if isinstance(v, bytes | bytearray):
         return {"base64": base64.b64encode(v).decode()}
     if isinstance(v, dict):
         return {k if isinstance(k, str) else repr(k): to_json(x) for k, x in v.items()}
@@ -800,7 +806,119 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             {"admitted": ok, "used": rl.used(), "retry_after": 0.0 if ok else rl.retry_after()}
         )
 
+    # ---------------------------------------------------------------- Yjs documents
+
+    rooms: dict[str, tuple[Room, Callable[[], None]]] = {}
+    sockets: set[web.WebSocketResponse] = set()
+
+    def room_for(n: Node, name: str) -> Room:
+        got = rooms.get(name)
+        if got is None:
+            room = Room(n.document(name))
+            got = rooms[name] = (room, n.watch_key(name, room.committed))
+        return got[0]
+
+    def room_closed(name: str, room: Room) -> None:
+        got = rooms.get(name)
+        if got is not None and got[0] is room and not room.sessions:
+            del rooms[name]
+            got[1]()  # (stops watching the key)
+
+    async def yjs(request: web.Request) -> web.StreamResponse:
+        """WebSocket ``/v1/yjs/{name}``: y-protocols for stock Yjs clients (``y-websocket``).
+
+        Refusals happen after the handshake, as close codes a browser can see: 4401 no or bad
+        token, 4400 a frame that breaks the protocol or an update that is refused (nothing
+        changed; ``y-websocket`` does not retry 44xx), 4409 the key holds another type, 1013
+        too many connections or a client too slow to read, 1009 a frame over the limit."""
+        denied = client_auth(request)
+        ws = web.WebSocketResponse(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=None)
+        await ws.prepare(request)
+        name = request.match_info["name"]
+        if denied is not None:
+            t.counters.refuse("yjs_unauthorized")
+            await ws.close(code=4401, message=b"unauthorized: pass ?token=... (params: {token})")
+            return ws
+        n = running()
+        problem = None
+        try:
+            check_key(name)
+        except CrdtcoordError as e:
+            problem = (4400, f"bad document name: {e}")
+        else:
+            kind = n.engine.kind(name)
+            if kind is not None and kind is not Document:
+                problem = (4409, f"key {name!r} holds {_a(kind.__name__)}, not a Document")
+        if problem is None and len(sockets) >= lim.max_yjs_sessions:
+            problem = (1013, "too many Yjs connections; try again later")
+        if problem is None and t._closing:
+            problem = (1012, "the node is shutting down")
+        if problem is not None:
+            await ws.close(code=problem[0], message=problem[1][:120].encode())
+            return ws
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(lim.yjs_send_queue)
+        slow = False
+
+        def push(frame: bytes) -> None:
+            nonlocal slow
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                slow = True
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)  # (the writer stops: the client is too slow)
+
+        async def writer() -> None:
+            while True:
+                frame = await queue.get()
+                if frame is None:
+                    if slow:
+                        await ws.close(code=1013, message=b"too slow: reconnect and resync")
+                    return
+                await ws.send_bytes(frame)
+
+        sockets.add(ws)
+        room = room_for(n, name)
+        session = None
+        wtask = asyncio.ensure_future(writer())
+        try:
+            session = room.open(push)
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    try:
+                        session.receive(msg.data)
+                    except ProtocolViolation as e:
+                        t.counters.refuse("yjs_protocol")
+                        await ws.close(code=4400, message=str(e)[:120].encode())
+                        break
+                    except NotRunning:
+                        await ws.close(code=1012, message=b"the node is shutting down")
+                        break
+                    if len(msg.data) > 256 * 1024:
+                        await asyncio.sleep(0)  # (after a large update, let others run)
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    t.counters.refuse("yjs_protocol")
+                    await ws.close(code=4400, message=b"y-protocols frames are binary")
+                    break
+                else:
+                    break
+        finally:
+            sockets.discard(ws)
+            if session is not None:
+                session.close()
+            room_closed(name, room)
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(wtask, 1.0)
+            wtask.cancel()
+        return ws
+
     async def on_shutdown(app: web.Application) -> None:
+        for ws in list(sockets):  # (open sockets would delay shutdown)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(code=1001, message=b"node shutting down"), 0.5)
         for resp, req in list(watchers.items()):  # (open streams would delay shutdown)
             with contextlib.suppress(Exception):
                 # a client that stopped reading has a full socket: do not wait for it
@@ -828,6 +946,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     app.router.add_post("/v1/semaphores/{name}/acquire", semaphore_acquire)
     app.router.add_post("/v1/semaphores/{name}/release", semaphore_release)
     app.router.add_post("/v1/ratelimits/{name}", ratelimit)
+    app.router.add_get("/v1/yjs/{name:.+}", yjs)
     return app
 
 

@@ -93,6 +93,12 @@ class HttpLimits:
     backoff_max: float = 2.0
     #: Server-sent-event streams open at once (more get 503).
     max_watchers: int = 256
+    #: Yjs WebSocket connections open at once (more are closed with 1013, try again later).
+    max_yjs_sessions: int = 1024
+    #: Largest Yjs WebSocket frame (a 5 MB paste is one frame); larger closes with 1009.
+    max_yjs_frame: int = 64 << 20
+    #: Frames queued for one Yjs client before it is disconnected as too slow (1013).
+    yjs_send_queue: int = 4096
 
 
 @dataclass
