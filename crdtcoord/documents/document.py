@@ -175,6 +175,7 @@ class Document(CRDTBase):
         "_digest",
         "_doc",
         "_local",
+        "_origin_sv",
         "_pending",
         "_remote",
         "_roots",
@@ -209,6 +210,8 @@ class Document(CRDTBase):
         #: How many times this replica switched client ids because another writer used its id.
         self.collisions = 0
         self._seed: tuple[str, str] | None = None
+        #: (deltas from :meth:`delta_since`) the sender's state vector when it made them
+        self._origin_sv: bytes | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -546,14 +549,28 @@ class Document(CRDTBase):
         updates = [u for u, _ in self._incoming(None)]
         if self._doc is None and len(updates) > 1:
             updates = [_merge(updates)]  # (a delta's updates travel and are stored as one)
-        return [updates, [[n, self._roots[n]] for n in sorted(self._roots)]]
+        out: list[Any] = [updates, [[n, self._roots[n]] for n in sorted(self._roots)]]
+        if self._doc is None and self._origin_sv is not None:
+            out.append(self._origin_sv)
+        return out
 
     @classmethod
     def from_payload(cls, payload: Any, version: int, reader: Reader, depth: int) -> Self:
-        updates, roots = reader.arr(payload, "Document", 2)
+        if isinstance(payload, list) and len(payload) == 3:
+            updates, roots, origin_sv = payload
+            if not isinstance(origin_sv, bytes):
+                reader.fail("a Document delta's sender state vector must be bytes")
+            try:
+                parse_state_vector(origin_sv)
+            except UpdateError as exc:
+                reader.fail(f"invalid sender state vector: {exc}")
+        else:
+            updates, roots = reader.arr(payload, "Document", 2)
+            origin_sv = None
         if not isinstance(updates, list):
             reader.fail("Document updates must be a list")
         d = cls()
+        d._origin_sv = origin_sv
         for u in updates:
             if not isinstance(u, bytes):
                 reader.fail("a Document update must be bytes")
@@ -585,7 +602,17 @@ class Document(CRDTBase):
         if u != _EMPTY_UPDATE:
             d._updates.append((u, _parse(u)))
         d._updates.extend(self._pending.values())
+        d._origin_sv = doc.get_state()
         return d
+
+    def sender_summary(self) -> bytes | None:
+        """(a delta from :meth:`delta_since`) The sender's state vector: the receiver answers
+        with only what the sender lacks, instead of its whole state."""
+        return self._origin_sv if self._doc is None else None
+
+    def is_empty_delta(self) -> bool:
+        """A delta that carries no update (it may still name root kinds)."""
+        return self._doc is None and not self._updates
 
     def update_since(self, state: bytes | None = None) -> bytes:
         """One v1 update with what a replica at state vector ``state`` lacks (everything if
@@ -722,8 +749,15 @@ class Document(CRDTBase):
     OPS = (Apply, InsertText, DeleteText, SetKey, DeleteKey)
 
     def _apply_op_update(self, update: bytes) -> Document:
-        self.apply_update(update)
-        return Document.from_update(update)
+        parsed = _parse(update)  # (once: a 5 MB paste is read once, not three times)
+        self._materialize()
+        self._apply_all([(update, parsed)])
+        delta = Document()
+        delta._updates.append((update, parsed))
+        for root, kind in parsed.roots.items():
+            if kind is not None:
+                delta._learn_root(root, kind)
+        return delta
 
 
 def _byte_offset(s: str, index: int) -> int:

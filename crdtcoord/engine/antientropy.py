@@ -192,7 +192,20 @@ class AntiEntropy:
         if i_ship:
             # A state we received and joined: if our join holds more than it (both sides had
             # changes), ship the join back. One side newer: nothing travels back.
-            ship.extend(e.key for e in msg.entries if index.digest(e.key) != _digest_of(e))
+            for e in msg.entries:
+                hint = _sender_summary(e)
+                if hint is None:
+                    if index.digest(e.key) != _digest_of(e):
+                        ship.append(e.key)
+                    continue
+                # a delta since our summary, carrying the sender's: send back only what the
+                # sender lacks (a document never ships whole for one changed character)
+                mine = store.state(e.key)
+                back = _delta_since(mine, hint) if mine is not None else None
+                if back is None:
+                    ship.append(e.key)
+                elif not getattr(back, "is_empty_delta", lambda: False)():
+                    deltas.append(Entry(e.key, back, store.version(e.key)))
             for w in msg.want:
                 mine = store.state(w.key)
                 if mine is None:
@@ -295,6 +308,15 @@ class AntiEntropy:
 
 def _digest_of(e: Entry) -> bytes:
     return state_digest(e.state)
+
+
+def _sender_summary(e: Entry) -> Summary | None:
+    """The sender's own causal summary, when the entry is a delta that carries it."""
+    fn = getattr(e.state, "sender_summary", None)
+    if fn is None:
+        return None
+    payload = fn()
+    return None if payload is None else Summary(type(e.state), payload)
 
 
 def _delta_since(state: CRDTBase, summary: Summary | None) -> CRDTBase | None:

@@ -11,8 +11,10 @@ Layout (schema 2):
 Every :meth:`write` is **one transaction** (the host calls it once per group of effects, before
 any message that depends on them leaves the node). Opening replays each key's deltas over its
 state. A key is compacted (its deltas folded into its state, in a transaction of its own) once
-its deltas outweigh its state, so compaction work stays proportional to the bytes written and a
-restart reads at most about twice the store.
+its deltas outweigh both its state and twice its largest delta, so compaction work stays
+proportional to the bytes written and a restart reads at most about three times the store. (A
+single large delta, such as a big paste into a document, is not rewritten at once: folding it
+alone would only copy it, stalling the writer for nothing.)
 
 **Durability.** ``durability="process"`` (the default) is WAL with ``synchronous=NORMAL``: a
 committed write survives the process being killed (``kill -9``) but not a power loss or an OS
@@ -104,6 +106,7 @@ class SqliteStorage:
         #: per key: bytes of the compacted state, bytes of the deltas since
         self._state_size: dict[str, int] = {}
         self._delta_size: dict[str, int] = {}
+        self._delta_max: dict[str, int] = {}
         #: counters for status and metrics
         self.writes = 0
         self.compactions = 0
@@ -233,6 +236,7 @@ class SqliteStorage:
             else:
                 cur.merge(d)
             self._delta_size[key] = self._delta_size.get(key, 0) + len(blob)
+            self._delta_max[key] = max(self._delta_max.get(key, 0), len(blob))
         versions = {
             key: VersionVector.from_wire(unpack(blob), Reader())
             for key, blob in db.execute("SELECT key, vv FROM versions")
@@ -303,11 +307,13 @@ class SqliteStorage:
         for (key,) in deletes:
             self._state_size.pop(key, None)
             self._delta_size.pop(key, None)
+            self._delta_max.pop(key, None)
         for key, blob, replace in rows:
             if replace:
                 self._compact(key)
             else:
                 self._delta_size[key] = self._delta_size.get(key, 0) + len(blob)
+                self._delta_max[key] = max(self._delta_max.get(key, 0), len(blob))
         self._compact_heavy(k for k, _, _ in rows)
         self.last_write_s = time.perf_counter() - t0
 
@@ -316,7 +322,8 @@ class SqliteStorage:
     def _compact_heavy(self, keys: Iterable[str]) -> None:
         for key in set(keys):
             pending = self._delta_size.get(key, 0)
-            if pending > max(self._compact_min, self._state_size.get(key, 0)):
+            floor = max(self._compact_min, self._state_size.get(key, 0))
+            if pending > floor and pending > 2 * self._delta_max.get(key, 0):
                 self._compact(key)
 
     def _compact(self, key: str) -> None:
@@ -351,6 +358,7 @@ class SqliteStorage:
                 db.execute("ROLLBACK")
             raise
         self._delta_size[key] = 0
+        self._delta_max[key] = 0
         self.compactions += 1
 
     def compact_all(self) -> None:
