@@ -712,11 +712,11 @@ class Document(CRDTBase):
         FIELDS = ("key", "key", "value")
 
         def __post_init__(self) -> None:
+            check_doc_value(self.value)  # (first: its reason beats the generic 64-bit one)
             Op.__post_init__(self)
             _check_root(self.root)
             if not isinstance(self.key, str):
                 raise InvalidArgument(f"SetKey.key must be a str, got {self.key!r}")
-            check_doc_value(self.value)
 
         def apply(self, state: Any, ctx: UpdateContext) -> Document:
             def fn(doc: Doc[Any]) -> None:
