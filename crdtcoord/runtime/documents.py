@@ -159,7 +159,11 @@ class DocumentHandle:
 
     async def apply_update(self, update: bytes, **kw: Any) -> None:
         """Apply a v1 update made elsewhere (validated first: :class:`InvalidUpdate`)."""
-        await self._op(Document.Apply(update), **kw)
+        try:
+            op = Document.Apply(update)
+        except InvalidArgument as exc:
+            raise InvalidUpdate(str(exc)) from None
+        await self._op(op, **kw)
 
     def apply_client_update(self, update: bytes) -> None:
         """Apply a Yjs client's update now, at LOCAL consistency (the y-protocols room's

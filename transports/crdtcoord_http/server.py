@@ -950,7 +950,18 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
     return app
 
 
-_OP_FIELDS = frozenset({"op", "n", "element", "value", "consistency", "op_id", "timeout"})
+_OP_FIELDS = frozenset(
+    {"op", "n", "element", "value", "consistency", "op_id", "timeout"}
+    | {"root", "index", "text", "length", "key", "update"}  # (document ops)
+)
+#: Document ops of the JSON API: name -> the body fields they take.
+_DOC_OPS = {
+    "insert_text": ("root", "index", "text"),
+    "delete_text": ("root", "index", "length"),
+    "doc_set": ("root", "key", "value"),
+    "doc_delete": ("root", "key"),
+    "yjs_update": ("update",),
+}
 
 
 def _a(name: str) -> str:
@@ -962,13 +973,44 @@ def _pending_writes(node: NodePort) -> int:
     return int(f()) if callable(f) else 0
 
 
+def _doc_op(name: str, body: dict[str, Any]) -> Any:
+    """A document op from a JSON body (``yjs_update`` takes a base64 v1 update)."""
+    missing = [f for f in _DOC_OPS[name] if f not in body]
+    if missing:
+        raise InvalidArgument(f"{name} needs {', '.join(repr(f) for f in missing)}")
+    for f in ("index", "length"):
+        if f in _DOC_OPS[name] and (type(body[f]) is not int or body[f] < 0):
+            raise InvalidArgument(f"{f} must be a non-negative integer")
+    if name == "insert_text":
+        return Document.InsertText(body["root"], body["index"], body["text"])
+    if name == "delete_text":
+        return Document.DeleteText(body["root"], body["index"], body["length"])
+    if name == "doc_set":
+        return Document.SetKey(body["root"], body["key"], body["value"])
+    if name == "doc_delete":
+        return Document.DeleteKey(body["root"], body["key"])
+    raw = body["update"]
+    if not isinstance(raw, str):
+        raise InvalidArgument("update must be a base64 string (a Yjs v1 update)")
+    try:
+        update = base64.b64decode(raw, validate=True)
+    except ValueError:
+        raise InvalidArgument("update is not valid base64") from None
+    return Document.Apply(update)
+
+
 def _op(n: Node, key: str, body: dict[str, Any]) -> tuple[Any, Any]:
     """The op and factory for a client API request (see :func:`build_app`)."""
     name = body.get("op")
-    current = n.state(key)
-    kind = type(current) if current is not None else None
+    kind = n.engine.kind(key)
     if key.startswith("$"):
         raise InvalidArgument("keys starting with '$' are reserved")
+    if name in _DOC_OPS:
+        if kind not in (None, Document):
+            raise IncompatibleMerge(
+                f"key {key!r} is {_a(kind.__name__)}; {name} works on a Document"
+            )
+        return _doc_op(str(name), body), Document
     if name in ("inc", "dec"):
         amount = body.get("n", 1)
         if type(amount) is not int or amount < 0:
@@ -997,4 +1039,6 @@ def _op(n: Node, key: str, body: dict[str, Any]) -> tuple[Any, Any]:
                 f"key {key!r} is {_a(kind.__name__)}; set works on an LWWRegister"
             )
         return LWWRegister.Assign(body["value"]), LWWRegister
-    raise InvalidArgument(f"unknown op {name!r}: use inc, dec, add, remove or set")
+    raise InvalidArgument(
+        f"unknown op {name!r}: use inc, dec, add, remove or set (documents: {', '.join(_DOC_OPS)})"
+    )
