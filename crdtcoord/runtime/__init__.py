@@ -2,6 +2,7 @@
 typed handles on its keys, the change feed, and the transport protocol with an in-process
 transport. The networked transport is ``crdtcoord_http.HttpTransport``."""
 
+from crdtcoord.runtime.documents import DocumentHandle
 from crdtcoord.runtime.feed import Change, ChangeFeed, Compacted, Subscription
 from crdtcoord.runtime.handles import (
     BoundedCounterHandle,
@@ -22,6 +23,7 @@ __all__ = [
     "ChangeFeed",
     "Compacted",
     "CounterHandle",
+    "DocumentHandle",
     "FlagHandle",
     "Handle",
     "LocalNetwork",
