@@ -788,6 +788,7 @@ class Node:
                 "repairs_done",
                 "escalations",
                 "rejected",
+                "entries_refused",
                 "heals_detected",
             )
         }

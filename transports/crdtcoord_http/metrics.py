@@ -153,6 +153,12 @@ class _Collector(Collector):
         dropped.add_metric([*me, "no_address"], c.dropped_no_address)
         yield dropped
         yield counter("http_send_errors", "Connection-level send failures", c.send_errors)
+        yield gauge("yjs_connections", "Open Yjs WebSocket connections", c.yjs_connections)
+        yield gauge("yjs_rooms", "Documents with Yjs connections", c.yjs_rooms)
+        yield counter("yjs_frames_in", "Yjs frames received", c.yjs_frames_in)
+        yield counter("yjs_bytes_in", "Yjs bytes received", c.yjs_bytes_in)
+        yield counter("yjs_frames_out", "Yjs frames sent", c.yjs_frames_out)
+        yield counter("yjs_bytes_out", "Yjs bytes sent", c.yjs_bytes_out)
 
 
 class Metrics:

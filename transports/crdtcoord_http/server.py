@@ -816,6 +816,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         if got is None:
             room = Room(n.document(name))
             got = rooms[name] = (room, n.watch_key(name, room.committed))
+            t.counters.yjs_rooms = len(rooms)
         return got[0]
 
     def room_closed(name: str, room: Room) -> None:
@@ -823,6 +824,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         if got is not None and got[0] is room and not room.sessions:
             del rooms[name]
             got[1]()  # (stops watching the key)
+            t.counters.yjs_rooms = len(rooms)
 
     async def yjs(request: web.Request) -> web.StreamResponse:
         """WebSocket ``/v1/yjs/{name}``: y-protocols for stock Yjs clients (``y-websocket``).
@@ -877,8 +879,11 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                         await ws.close(code=1013, message=b"too slow: reconnect and resync")
                     return
                 await ws.send_bytes(frame)
+                t.counters.yjs_frames_out += 1
+                t.counters.yjs_bytes_out += len(frame)
 
         sockets.add(ws)
+        t.counters.yjs_connections = len(sockets)
         room = room_for(n, name)
         session = None
         wtask = asyncio.ensure_future(writer())
@@ -886,6 +891,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             session = room.open(push)
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
+                    t.counters.yjs_frames_in += 1
+                    t.counters.yjs_bytes_in += len(msg.data)
                     try:
                         session.receive(msg.data)
                     except ProtocolViolation as e:
@@ -905,6 +912,7 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
                     break
         finally:
             sockets.discard(ws)
+            t.counters.yjs_connections = len(sockets)
             if session is not None:
                 session.close()
             room_closed(name, room)

@@ -171,6 +171,13 @@ class _Counters:
     dropped_no_address: int = 0
     paused_by_peer: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # reason -> count (4xx given)
+    #: Yjs WebSockets: open connections and rooms now; frames and bytes since the start
+    yjs_connections: int = 0
+    yjs_rooms: int = 0
+    yjs_frames_in: int = 0
+    yjs_bytes_in: int = 0
+    yjs_frames_out: int = 0
+    yjs_bytes_out: int = 0
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
@@ -416,6 +423,14 @@ class HttpTransport:
             },
             "paused_by_peer": c.paused_by_peer,
             "refused": dict(sorted(c.refused.items())),
+            "yjs": {
+                "connections": c.yjs_connections,
+                "rooms": c.yjs_rooms,
+                "frames_in": c.yjs_frames_in,
+                "bytes_in": c.yjs_bytes_in,
+                "frames_out": c.yjs_frames_out,
+                "bytes_out": c.yjs_bytes_out,
+            },
         }
 
     # ------------------------------------------------------------------ sending
