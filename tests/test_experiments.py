@@ -15,7 +15,7 @@ import pytest
 from crdtcoord.sim.experiments import Mode, rounds_to_converge
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["convergence_table.py", "bandwidth.py", "partition_heal.py"]
+SCRIPTS = ["convergence_table.py", "bandwidth.py", "partition_heal.py", "documents.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -39,6 +39,7 @@ def test_script_help(script: str) -> None:
         ),
         ("bandwidth.py", ["bandwidth_steady.csv", "bandwidth_repair.csv", "bandwidth.png"]),
         ("partition_heal.py", ["partition_heal.csv", "partition_heal.png"]),
+        ("documents.py", ["documents.csv", "documents.png"]),
     ],
 )
 def test_script_quick_run(script: str, outputs: list[str], tmp_path: Path) -> None:

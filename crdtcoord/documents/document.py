@@ -175,7 +175,7 @@ class Document(CRDTBase):
         "_digest",
         "_doc",
         "_local",
-        "_origin_sv",
+        "_origin",
         "_pending",
         "_remote",
         "_roots",
@@ -210,8 +210,8 @@ class Document(CRDTBase):
         #: How many times this replica switched client ids because another writer used its id.
         self.collisions = 0
         self._seed: tuple[str, str] | None = None
-        #: (deltas from :meth:`delta_since`) the sender's state vector when it made them
-        self._origin_sv: bytes | None = None
+        #: (deltas from :meth:`delta_since`) the sender's state vector and digest then
+        self._origin: tuple[bytes, bytes] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -550,27 +550,29 @@ class Document(CRDTBase):
         if self._doc is None and len(updates) > 1:
             updates = [_merge(updates)]  # (a delta's updates travel and are stored as one)
         out: list[Any] = [updates, [[n, self._roots[n]] for n in sorted(self._roots)]]
-        if self._doc is None and self._origin_sv is not None:
-            out.append(self._origin_sv)
+        if self._doc is None and self._origin is not None:
+            out.append(list(self._origin))
         return out
 
     @classmethod
     def from_payload(cls, payload: Any, version: int, reader: Reader, depth: int) -> Self:
+        origin: tuple[bytes, bytes] | None = None
         if isinstance(payload, list) and len(payload) == 3:
-            updates, roots, origin_sv = payload
-            if not isinstance(origin_sv, bytes):
-                reader.fail("a Document delta's sender state vector must be bytes")
+            updates, roots, raw = payload
+            sv, digest = reader.arr(raw, "Document sender", 2)
+            if not isinstance(sv, bytes) or not isinstance(digest, bytes) or len(digest) != 16:
+                reader.fail("a Document delta's sender is [state vector, 16-byte digest]")
             try:
-                parse_state_vector(origin_sv)
+                parse_state_vector(sv)
             except UpdateError as exc:
                 reader.fail(f"invalid sender state vector: {exc}")
+            origin = (sv, digest)
         else:
             updates, roots = reader.arr(payload, "Document", 2)
-            origin_sv = None
         if not isinstance(updates, list):
             reader.fail("Document updates must be a list")
         d = cls()
-        d._origin_sv = origin_sv
+        d._origin = origin
         for u in updates:
             if not isinstance(u, bytes):
                 reader.fail("a Document update must be bytes")
@@ -602,13 +604,14 @@ class Document(CRDTBase):
         if u != _EMPTY_UPDATE:
             d._updates.append((u, _parse(u)))
         d._updates.extend(self._pending.values())
-        d._origin_sv = doc.get_state()
+        d._origin = (doc.get_state(), self.content_digest())
         return d
 
-    def sender_summary(self) -> bytes | None:
-        """(a delta from :meth:`delta_since`) The sender's state vector: the receiver answers
-        with only what the sender lacks, instead of its whole state."""
-        return self._origin_sv if self._doc is None else None
+    def sender_summary(self) -> tuple[bytes, bytes] | None:
+        """(a delta from :meth:`delta_since`) The sender's state vector and digest: a receiver
+        that holds more answers with only what the sender lacks, instead of its whole state;
+        one whose digest equals the sender's answers nothing."""
+        return self._origin if self._doc is None else None
 
     def is_empty_delta(self) -> bool:
         """A delta that carries no update (it may still name root kinds)."""

@@ -193,18 +193,22 @@ class AntiEntropy:
             # A state we received and joined: if our join holds more than it (both sides had
             # changes), ship the join back. One side newer: nothing travels back.
             for e in msg.entries:
-                hint = _sender_summary(e)
-                if hint is None:
+                sender = _sender_summary(e)
+                if sender is None:
                     if index.digest(e.key) != _digest_of(e):
                         ship.append(e.key)
                     continue
-                # a delta since our summary, carrying the sender's: send back only what the
-                # sender lacks (a document never ships whole for one changed character)
+                # a delta since our summary, carrying the sender's summary and digest: if our
+                # join holds more than the sender had, send back only what it lacks (a document
+                # never ships whole for one changed character); equal digests end the exchange
+                hint, their_digest = sender
+                if index.digest(e.key) == their_digest:
+                    continue
                 mine = store.state(e.key)
                 back = _delta_since(mine, hint) if mine is not None else None
                 if back is None:
                     ship.append(e.key)
-                elif not getattr(back, "is_empty_delta", lambda: False)():
+                else:
                     deltas.append(Entry(e.key, back, store.version(e.key)))
             for w in msg.want:
                 mine = store.state(w.key)
@@ -310,13 +314,16 @@ def _digest_of(e: Entry) -> bytes:
     return state_digest(e.state)
 
 
-def _sender_summary(e: Entry) -> Summary | None:
-    """The sender's own causal summary, when the entry is a delta that carries it."""
+def _sender_summary(e: Entry) -> tuple[Summary, bytes] | None:
+    """The sender's own causal summary and digest, when the entry is a delta carrying them."""
     fn = getattr(e.state, "sender_summary", None)
     if fn is None:
         return None
-    payload = fn()
-    return None if payload is None else Summary(type(e.state), payload)
+    got = fn()
+    if got is None:
+        return None
+    payload, digest = got
+    return Summary(type(e.state), payload), digest
 
 
 def _delta_since(state: CRDTBase, summary: Summary | None) -> CRDTBase | None:
