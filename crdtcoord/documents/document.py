@@ -33,6 +33,7 @@ another writer uses the id: the document switches to a fresh id (as Yjs does) an
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -139,18 +140,28 @@ def _residual(
     return residual, _parse(residual)
 
 
-def _canonical_ds(update: bytes) -> bytes:
-    """The delete set of ``update`` in one canonical form (sorted clients, merged ranges)."""
-    ds = parse_update(update).deletes
-    out = bytearray()
-    for client in sorted(ds):
+def _merged_ranges(ds: dict[int, list[tuple[int, int]]]) -> dict[int, list[list[int]]]:
+    """Each client's ``(clock, length)`` ranges sorted, overlapping and adjacent ones merged."""
+    out: dict[int, list[list[int]]] = {}
+    for client, ranges in ds.items():
         merged: list[list[int]] = []
-        for clock, n in sorted(ds[client]):
+        for clock, n in sorted(ranges):
             if merged and clock <= merged[-1][0] + merged[-1][1]:
                 last = merged[-1]
                 last[1] = max(last[1], clock + n - last[0])
             else:
                 merged.append([clock, n])
+        if merged:
+            out[client] = merged
+    return out
+
+
+def _canonical_ds(update: bytes) -> bytes:
+    """The delete set of ``update`` in one canonical form (sorted clients, merged ranges)."""
+    ds = _merged_ranges(parse_update(update).deletes)
+    out = bytearray()
+    for client in sorted(ds):
+        merged = ds[client]
         if merged:
             out += f"{client}:".encode() + b",".join(f"{c}+{n}".encode() for c, n in merged)
             out += b";"
@@ -219,7 +230,8 @@ class Document(CRDTBase):
     def from_update(cls, update: bytes, roots: dict[str, str] | None = None) -> Document:
         """A delta holding one v1 update (read strictly: :class:`InvalidUpdate` if malformed)."""
         d = cls()
-        d._updates.append((bytes(update), _parse(update)))
+        update = bytes(update)  # (a no-op for bytes: the same object, read once)
+        d._updates.append((update, _parse(update)))
         for name, kind in (roots or {}).items():
             d._learn_root(_check_root(name), kind)
         return d
@@ -401,10 +413,32 @@ class Document(CRDTBase):
         self._digest = None
         return True
 
+    def covers(self, update: bytes) -> bool:
+        """Does this replica hold everything ``update`` carries already (its structs and its
+        deletions)? Then applying it would change nothing: a Yjs provider echoing back what it
+        was sent, for instance. :class:`InvalidUpdate` if it is malformed."""
+        p = _parse(update)
+        doc = self._materialize()
+        sv_bytes = doc.get_state()
+        sv = parse_state_vector(sv_bytes)
+        if any(sv.get(c, 0) < end for c, (_first, end) in p.structs.items()):
+            return False
+        if not any(p.deletes.values()):
+            return True
+        ours = _merged_ranges(parse_update(doc.get_update(sv_bytes)).deletes)
+        for client, ranges in p.deletes.items():
+            mine = ours.get(client, [])
+            for clock, n in ranges:
+                i = bisect.bisect_right(mine, [clock, math.inf]) - 1
+                if i < 0 or mine[i][0] + mine[i][1] < clock + n:
+                    return False
+        return True
+
     def apply_update(self, update: bytes) -> bool:
         """Apply a v1 update from elsewhere (validated first); True if the state grew."""
         self._materialize()
-        return self._apply_all([(bytes(update), _parse(update))])
+        update = bytes(update)
+        return self._apply_all([(update, _parse(update))])
 
     # ------------------------------------------------------------------ local edits
 

@@ -172,7 +172,8 @@ class DocumentHandle:
             op = Document.Apply(update)
         except InvalidArgument as exc:
             raise InvalidUpdate(str(exc)) from None
-        self.live()
+        if self.live().covers(update):
+            return  # (nothing new, e.g. a provider echoing back what it was sent: no delta)
         self.node.apply_local(self.key, Document, op)
 
     async def _op(self, op: Any, **kw: Any) -> None:

@@ -149,7 +149,7 @@ def _check_field(kind: str, x: object, name: str) -> Any:
             parse_update(x)
         except UpdateError as exc:
             raise InvalidArgument(f"{name} is not a v1 update: {exc}") from None
-        return bytes(x)
+        return x if isinstance(x, bytes) else bytes(x)
     raise InvalidArgument(f"unknown op field kind {kind!r}")
 
 

@@ -304,3 +304,19 @@ def test_a_state_taken_in_from_a_peer_that_holds_our_id_switches_at_once() -> No
     fresh = other.copy()
     fresh.adopt("x/1", "doc")  # (not restored: structs under the id are someone else's)
     assert fresh.collisions == 1 and fresh.client_id != other.client_id
+
+
+def test_root_kinds_are_found_through_origins_when_the_naming_item_was_deleted() -> None:
+    """A text whose first characters were deleted names its root only on a deleted item; a map
+    key set twice names its root only on the first value. The reader follows the origins."""
+    src: Doc = Doc(client_id=9)
+    text = src.get("t", type=Text)
+    text.insert(0, "hello world")
+    del text[0:6]
+    m = src.get("m", type=Map)
+    m["k"] = 1
+    m["k"] = 2
+    assert parse_update(src.get_update()).roots == {"t": "text", "m": "map"}
+    d = live()
+    d.apply_update(src.get_update())
+    assert d.value() == {"m": {"k": 2.0}, "t": "world"}

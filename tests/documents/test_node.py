@@ -387,3 +387,26 @@ def test_a_5_mb_paste_does_not_stall_other_requests(tmp_path: Path) -> None:
         during = [d for t0, d in out["lat"][u] if t_send <= t0 <= t_done]
         assert during, "no request was answered while the paste was processed"
         assert max(d for _, d in out["lat"][u]) < 2.0  # a stall would be seconds
+
+
+async def test_an_update_a_node_already_holds_is_not_replicated_again() -> None:
+    """Regression (found by the benchmark): pycrdt's Provider sends every update it receives
+    back to its server; each echo became a new delta to every peer (4.8 deltas per edit where
+    2 are needed)."""
+    async with local_pair() as (a, b):
+        src: Doc = Doc()
+        text = src.get("t", type=Text)
+        text.insert(0, "hello world")
+        del text[0:6]
+        update = src.get_update()
+        a.document("room").apply_client_update(update)
+        await until(lambda: b.document("room").value() == {"t": "world"})
+        before = b.status()["sync"]["sent_DELTA"]
+        for _ in range(10):
+            b.document("room").apply_client_update(update)  # the echo
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert b.status()["sync"]["sent_DELTA"] == before
+        assert b.document("room").live().covers(update)
+        src.get("t", type=Text).insert(0, "!")
+        assert not b.document("room").live().covers(src.get_update())
