@@ -41,6 +41,7 @@ bench: $(STAMP)
 	  || echo "could not install redis-server: benchmarks/http.py reports its Redis baseline as unavailable"
 	$(PY) benchmarks/http.py --json benchmarks/results/http.json
 	$(PY) benchmarks/coordination.py --json benchmarks/results/coordination.json
+	$(PY) benchmarks/documents.py --json benchmarks/results/documents.json
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/kernel.py --quick
@@ -48,6 +49,7 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/sim.py --quick
 	$(PY) benchmarks/http.py --quick
 	$(PY) benchmarks/coordination.py --quick
+	$(PY) benchmarks/documents.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

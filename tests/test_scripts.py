@@ -186,3 +186,20 @@ def test_coordination_benchmark_quick(tmp_path: Path) -> None:
     if os.environ.get("CI"):  # (the set-up installs etcd there: the etcd rows must be real)
         assert names["strong etcd acquire / raw etcd CAS"]["value"] > 0
         assert names["crdtcoord semaphore / etcd semaphore"]["value"] > 0
+
+
+@pytest.mark.slow
+def test_documents_benchmark_quick(tmp_path: Path) -> None:
+    """Three `crdtcoord serve` nodes with pycrdt clients on their WebSockets next to a
+    pycrdt-websocket hub with the same clients, in one run (numbers judged by make bench)."""
+    names = _quick_results("documents", tmp_path)
+    for needed in (
+        "hub latency p50",
+        "crdtcoord latency p50",
+        "crdtcoord / hub latency p99",
+        "hub CPU per edit",
+        "crdtcoord max node CPU / hub CPU per edit",
+        "crdtcoord wire bytes per edit",
+    ):
+        assert needed in names, needed
+    assert "0 missing" in names["crdtcoord latency p50"]["note"]  # every edit delivered

@@ -363,7 +363,7 @@ class Document(CRDTBase):
         has_deletes = any(p.deletes for _, p in fresh)
         before_ds = live.get_update(before_sv) if has_deletes else b""
         own = live.client_id
-        sv0 = parse_state_vector(before_sv)
+        sv0 = _sv_map(before_sv)
         self._remote = True
         try:
             with live.transaction(origin=REMOTE):
@@ -372,7 +372,7 @@ class Document(CRDTBase):
         finally:
             self._remote = False
         after_sv = live.get_state()
-        sv = parse_state_vector(after_sv)
+        sv = _sv_map(after_sv)
         grew = after_sv != before_sv
         pending_changed = False
         for _u, p in fresh:
@@ -420,7 +420,7 @@ class Document(CRDTBase):
         p = _parse(update)
         doc = self._materialize()
         sv_bytes = doc.get_state()
-        sv = parse_state_vector(sv_bytes)
+        sv = _sv_map(sv_bytes)
         if any(sv.get(c, 0) < end for c, (_first, end) in p.structs.items()):
             return False
         if not any(p.deletes.values()):
@@ -542,7 +542,7 @@ class Document(CRDTBase):
         if self._digest is not None and self._doc is not None:
             return self._digest
         doc = self._materialize()
-        sv_map = parse_state_vector(doc.get_state())
+        sv_map = _sv_map(doc.get_state())
         h = hashlib.blake2b(digest_size=16)
         h.update(encode_state_vector(sv_map))
         h.update(b"|")
@@ -795,6 +795,21 @@ class Document(CRDTBase):
             if kind is not None:
                 delta._learn_root(root, kind)
         return delta
+
+
+_SV_CACHE: list[tuple[bytes, dict[int, int]]] = []
+
+
+def _sv_map(sv: bytes) -> dict[int, int]:
+    """A live document's state vector, read (and remembered: the same vector is read several
+    times per update). Callers must not mutate the result."""
+    for seen, parsed in _SV_CACHE:
+        if seen == sv:
+            return parsed
+    parsed = parse_state_vector(sv)
+    _SV_CACHE.append((sv, parsed))
+    del _SV_CACHE[:-8]
+    return parsed
 
 
 def _byte_offset(s: str, index: int) -> int:

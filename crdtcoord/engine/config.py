@@ -85,6 +85,12 @@ class EngineConfig:
     #: Delta propagation: local deltas are batched this long, then pushed.
     push_deltas: bool = True
     delta_delay: float = 0.005
+    #: The first delta after ``delta_delay`` without a flush leaves at once instead of waiting
+    #: ``delta_delay`` (deltas within the window of the previous flush are still batched): low
+    #: latency when updates are sparse, the same batching under load. Off in the engine (the
+    #: simulator's timings are documented with it off); the runtime ``Node`` and ``crdtcoord
+    #: serve`` turn it on.
+    delta_idle_send: bool = False
     #: Peers each flush goes to: None = every known peer; k = k peers, round-robin.
     delta_fanout: int | None = None
     #: Re-push received deltas that inflated the local state (never back to their sender).

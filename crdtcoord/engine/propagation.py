@@ -25,6 +25,7 @@ the rest follows at once.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class Propagation:
         self.stream = core.id.process & ((1 << 62) - 1)
         self._pending: dict[str, tuple[list[CRDTBase], set[str]]] = {}
         self._pending_since: float | None = None
+        self._last_flush = -math.inf
         self._log: deque[_LogEntry] = deque()
         self.seq = 0
         self._peers: dict[str, PeerStream] = {}
@@ -150,7 +152,11 @@ class Propagation:
         if cur is None:
             self._pending[key] = ([delta], {origin})
             if self._pending_since is None:
-                self._pending_since = self._core.now
+                now = self._core.now
+                delay = self._core.config.delta_delay
+                if self._core.config.delta_idle_send and now - self._last_flush >= delay:
+                    now -= delay  # (quiet for a window: this batch is due at once)
+                self._pending_since = now
             return
         deltas, origins = cur
         deltas.append(delta)
@@ -167,6 +173,7 @@ class Propagation:
             self._log.append(_LogEntry(self.seq, entry))
             self._pending = {}
             self._pending_since = None
+            self._last_flush = self._core.now
             for _ in range(max(0, len(self._log) - self._core.config.delta_buffer)):
                 self._log.popleft()
         return self.seq

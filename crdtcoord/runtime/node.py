@@ -119,7 +119,8 @@ class Node:
         failure detector's settings; ``remove_after``: remove (by consensus) a peer suspected
         for that many seconds (None: never automatically)."""
         self.node_id = node_id
-        self.config = config or EngineConfig()
+        # (a node sends the first delta after a quiet window at once: see delta_idle_send)
+        self.config = config or EngineConfig(delta_idle_send=True)
         self.transport: Transport = transport or LocalTransport(LocalNetwork())
         self.storage: Storage = storage or MemoryStorage(self.config.dedupe_window)
         self.failure_timeout = failure_timeout

@@ -302,3 +302,27 @@ def test_send_effects_only_for_known_peers() -> None:
     e.update("k", GCounter, inc(), 0.0)
     e.tick(0.01)
     assert {s.peer for s in e.poll() if isinstance(s, Send)} == {"b"}
+
+
+def test_idle_send_sends_the_first_delta_at_once_and_batches_the_rest() -> None:
+    """``delta_idle_send`` (the runtime's default): after a quiet window the first delta leaves
+    at once; deltas within the window of that flush are batched as before."""
+    cfg = EngineConfig(ae_enabled=False, delta_idle_send=True, delta_delay=0.005)
+    sim = Simulation(["a", "b"], seed=5, config=cfg)
+    sim.run_for(0.1)
+    sent = sim.stats.messages_sent
+    sim.update("a", "k", GCounter, inc())
+    sim.run_for(0.0001)
+    assert sim.stats.messages_sent == sent + 1  # at once, not after 5 ms
+    for _ in range(5):  # a burst right after: batched into one more message
+        sim.update("a", "k", GCounter, inc())
+    sim.run_for(0.004)
+    assert sim.stats.messages_sent <= sent + 2  # (an ACK may have come back meanwhile)
+    sim.run_for(0.01)
+    assert sim.value("b", "k") == 6
+    off = Simulation(["a", "b"], seed=5, config=EngineConfig(ae_enabled=False))
+    off.run_for(0.1)
+    before = off.stats.messages_sent
+    off.update("a", "k", GCounter, inc())
+    off.run_for(0.0001)
+    assert off.stats.messages_sent == before  # the engine's default waits delta_delay

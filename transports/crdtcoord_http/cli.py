@@ -102,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.data_dir:
         storage = SqliteStorage(Path(args.data_dir) / "node.db", durability=args.durability)
     try:
-        config = EngineConfig(cluster_id=args.cluster)
+        config = EngineConfig(cluster_id=args.cluster, delta_idle_send=True)
     except CrdtcoordError as e:
         raise ConfigError(str(e)) from None
     node = Node(
