@@ -32,6 +32,7 @@ __all__ = [
     "digest",
     "encode",
     "encode_op",
+    "fold_encoded",
     "op_from_wire",
 ]
 
@@ -119,6 +120,24 @@ def digest(x: CRDTBase) -> bytes:
     if own is not None:
         return own()  # type: ignore[no-any-return]
     return hashlib.blake2b(encode(x), digest_size=DIGEST_SIZE).digest()
+
+
+def fold_encoded(blobs: list[bytes]) -> bytes | None:
+    """The encoding of the join of encoded states/deltas of one type, without building them,
+    when the type can fold its payloads (``fold_payloads``: documents merge their updates
+    byte-wise); None otherwise. For storage compaction of blobs it wrote itself."""
+    envelopes = [unpack(b, DEFAULT_LIMITS) for b in blobs]
+    if not envelopes or any(type(e) is not list or len(e) != 3 for e in envelopes):
+        return None
+    tag, version = envelopes[0][0], envelopes[0][1]
+    if any(e[0] != tag or e[1] != version for e in envelopes):
+        return None
+    cls = registered_types().get(tag) if type(tag) is int else None
+    fold = getattr(cls, "fold_payloads", None)
+    if fold is None or cls is None or version != cls.WIRE_VERSION:
+        return None
+    with _gc_paused():
+        return pack([tag, version, fold([e[2] for e in envelopes])])
 
 
 def encode_op(op: Op) -> bytes:

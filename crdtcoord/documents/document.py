@@ -191,6 +191,7 @@ class Document(CRDTBase):
         "_remote",
         "_roots",
         "_seed",
+        "_seen",
         "_shadow",
         "_sub",
         "_updates",
@@ -221,6 +222,7 @@ class Document(CRDTBase):
         #: How many times this replica switched client ids because another writer used its id.
         self.collisions = 0
         self._seed: tuple[str, str] | None = None
+        self._seen: set[bytes] | None = None  # (a delta's updates, as a set, once merged into)
         #: (deltas from :meth:`delta_since`) the sender's state vector and digest then
         self._origin: tuple[bytes, bytes] | None = None
 
@@ -291,6 +293,7 @@ class Document(CRDTBase):
         for name, kind in self._roots.items():
             doc.get(name, type=ROOT_KINDS[kind])
         updates, self._updates = self._updates, []
+        self._seen = None
         if updates:
             # (a delta whose own updates do not integrate raises here and stays empty, not half)
             self._apply_all(updates, own_history=True)
@@ -501,7 +504,9 @@ class Document(CRDTBase):
         self._check_mergeable(other)
         if self._doc is None:
             grew = False
-            mine = {u for u, _ in self._updates}
+            mine = self._seen
+            if mine is None:  # (kept from then on: folding n deltas is O(n), not O(n²))
+                mine = self._seen = {u for u, _ in self._updates}
             for u, p in other._incoming(None):
                 if u not in mine:
                     self._updates.append((u, p))
@@ -587,6 +592,22 @@ class Document(CRDTBase):
         if self._doc is None and self._origin is not None:
             out.append(list(self._origin))
         return out
+
+    @classmethod
+    def fold_payloads(cls, payloads: list[Any]) -> Any:
+        """The payload of the join of ``payloads`` (a state and the deltas stored after it),
+        folded byte-wise: their updates merged into one, their root kinds joined. For storage
+        compaction of payloads it wrote itself (they were read strictly when they arrived)."""
+        updates: list[bytes] = []
+        roots: dict[str, str] = {}
+        for p in payloads:
+            updates.extend(p[0])
+            for name, kind in p[1]:
+                prev = roots.get(name)
+                if prev is None or _KIND_RANK[kind] > _KIND_RANK[prev]:
+                    roots[name] = kind
+        merged = [_merge(updates)] if len(updates) > 1 else updates
+        return [merged, [[n, roots[n]] for n in sorted(roots)]]
 
     @classmethod
     def from_payload(cls, payload: Any, version: int, reader: Reader, depth: int) -> Self:
