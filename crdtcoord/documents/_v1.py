@@ -293,7 +293,7 @@ def parse_update(data: bytes | bytearray | memoryview) -> ParsedUpdate:
     except UpdateError as exc:
         if data[:1] == b"\x00" and len(data) > 2:
             raise UpdateError(
-                f"{exc}; not a v1 update (Yjs v2 updates are not supported)"
+                f"not a v1 update (Yjs v2 updates are not supported): {exc}"
             ) from None
         raise
     _RECENT.append((data, out))

@@ -154,10 +154,11 @@ def encode_awareness(entries: list[tuple[int, int, str]]) -> bytes:
 
 
 class RoomHost(Protocol):
-    """What a room needs from the node: the live document and a way to apply client updates
-    (validated, persisted and replicated; raises if refused)."""
+    """What a room needs from the node: the live document if it exists (a connection alone
+    never creates one), and a way to apply client updates (validated, persisted and
+    replicated, creating the document; raises if refused)."""
 
-    def live(self) -> Document: ...
+    def peek(self) -> Document | None: ...
 
     def apply_client_update(self, update: bytes) -> None: ...
 
@@ -199,10 +200,10 @@ class Room:
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self) -> Document:
-        """(Re)bind to the node's live document: its updates feed this room."""
-        doc = self.host.live()
-        if doc is not self._doc or doc.on_update is None:
+    def attach(self) -> Document | None:
+        """(Re)bind to the node's live document, if it exists: its updates feed this room."""
+        doc = self.host.peek()
+        if doc is not None and (doc is not self._doc or doc.on_update is None):
             doc.on_update = self._on_update
             self._doc = doc
         return doc
@@ -217,6 +218,18 @@ class Room:
 
     def committed(self) -> None:
         """The document's changes so far are durable: send them to the sessions."""
+        if self._doc is None:
+            doc = self.host.peek()
+            if doc is None:
+                return
+            # created meanwhile (by a peer or this node's program): everything, then follow it
+            self.attach()
+            self._outbox.clear()
+            frame = encode_sync(SYNC_UPDATE, doc.update_since(None))
+            for s in self.sessions:
+                if not s.closed:
+                    s.send(frame)
+            return
         out, self._outbox = self._outbox, []
         for update, origin in out:
             frame = encode_sync(SYNC_UPDATE, update)
@@ -231,7 +244,7 @@ class Room:
         doc = self.attach()
         s = Session(self, send)
         self.sessions.append(s)
-        send(encode_sync(SYNC_STEP1, doc.causal_summary()))
+        send(encode_sync(SYNC_STEP1, doc.causal_summary() if doc is not None else b"\x00"))
         if self.awareness:
             send(self._all_awareness())
         return s
@@ -267,7 +280,8 @@ class Room:
                 except UpdateError as exc:
                     raise ProtocolViolation(f"invalid state vector: {exc}") from None
                 doc = self.attach()
-                s.send(encode_sync(SYNC_STEP2, doc.update_since(f.payload)))
+                answer = doc.update_since(f.payload) if doc is not None else b"\x00\x00"
+                s.send(encode_sync(SYNC_STEP2, answer))
             else:
                 self._apply(s, f.payload)
         elif f.type == MSG_AWARENESS:
@@ -278,7 +292,7 @@ class Room:
     def _apply(self, s: Session, update: bytes) -> None:
         if update == b"\x00\x00":
             return
-        self.attach()
+        existed = self.attach() is not None
         self._from = s
         try:
             self.host.apply_client_update(update)
@@ -287,6 +301,8 @@ class Room:
             raise ProtocolViolation(f"update refused: {exc}") from None
         finally:
             self._from = None
+        if not existed and self.attach() is not None:
+            self._outbox.append((update, s))  # (the update that created the document)
 
     def _awareness(self, s: Session, f: Frame) -> None:
         changed = []

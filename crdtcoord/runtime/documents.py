@@ -60,6 +60,16 @@ class DocumentHandle:
         n.attach_document(self.key, state)
         return state
 
+    def peek(self) -> Document | None:
+        """The live document if the key exists (None: it does not; nothing is created)."""
+        state = self.node.engine.live(self.key)
+        if state is None:
+            return None
+        if not isinstance(state, Document):
+            raise InvalidArgument(f"key {self.key!r} holds {type(state).__name__}, not a Document")
+        self.node.attach_document(self.key, state)
+        return state
+
     @property
     def doc(self) -> Doc[Any]:
         """The live pycrdt ``Doc``. Root types taken from it stay valid unless the document

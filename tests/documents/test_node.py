@@ -437,3 +437,56 @@ def test_sqlite_compaction_folds_document_updates_without_losing_any(tmp_path: P
     assert isinstance(doc, Document)
     assert doc.value() == {"t": str(text)}
     again.close()
+
+
+async def test_a_connection_alone_creates_no_document_and_learns_it_when_it_appears() -> None:
+    async with http_pair() as (n1, n2, s):
+        ws = await s.ws_connect(ws_url(n1, "later"))
+        first = await frames(ws)
+        assert first[0].sub == SYNC_STEP1 and first[0].payload == b"\x00"
+        await ws.send_bytes(encode_sync(SYNC_STEP1, b"\x00"))
+        assert (await frames(ws))[0].payload == b"\x00\x00"  # (step 2 of nothing)
+        assert "later" not in n1.keys() and "later" not in n2.keys()  # noqa: SIM118
+        await n2.document("later").insert_text("t", 0, "made on n2")
+        got = await frames(ws, 3.0)
+        updates = [f for f in got if getattr(f, "sub", None) == SYNC_UPDATE]
+        assert updates, got
+        probe: Doc = Doc()
+        for f in updates:
+            probe.apply_update(f.payload)
+        assert str(probe.get("t", type=Text)) == "made on n2"
+        await ws.close()
+
+
+async def test_pages_from_other_origins_are_refused_in_protected_mode() -> None:
+    async with http_pair() as (n1, _n2, s):
+        evil = {"Origin": "https://evil.example"}
+        async with s.post(url(n1) + "/v1/keys/x", json={"op": "inc"}, headers=evil) as r:
+            assert r.status == 403 and (await r.json())["error"] == "cross_origin"
+        ws = await s.ws_connect(ws_url(n1, "notes"), headers=evil)
+        await ws.receive()
+        assert ws.close_code == 4403
+        assert "x" not in n1.keys() and "notes" not in n1.keys()  # noqa: SIM118
+        local = {"Origin": "http://127.0.0.1:5173"}  # (a dev server on this machine)
+        async with s.post(url(n1) + "/v1/keys/x", json={"op": "inc"}, headers=local) as r:
+            assert r.status == 200
+
+
+async def test_an_oversized_frame_closes_with_a_code_y_websocket_does_not_retry() -> None:
+    from crdtcoord_http import HttpLimits
+
+    n = Node("big", transport=HttpTransport("127.0.0.1:0", limits=HttpLimits(max_yjs_frame=1024)))
+    await n.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            ws = await s.ws_connect(ws_url(n, "notes"))
+            await ws.receive()
+            await ws.send_bytes(encode_sync(SYNC_UPDATE, b"\x00" * 4096))
+            while (await ws.receive()).type not in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+            ):
+                pass
+            assert ws.close_code == 4413
+    finally:
+        await n.close(drain=0.1)

@@ -109,12 +109,39 @@ def to_json(v: Any) -> Any:
     return v
 
 
+def _foreign_origin(request: web.Request) -> str | None:
+    """The ``Origin`` a browser sent, when it is not a page served from this machine's
+    loopback (None: no Origin, i.e. not a browser, or a loopback one)."""
+    from urllib.parse import urlsplit
+
+    from crdtcoord_http.transport import is_loopback
+
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:
+        return origin
+    return None if is_loopback(host.strip("[]")) else origin
+
+
 def _remote_is_loopback(request: web.Request) -> bool:
     from crdtcoord_http.transport import is_loopback
 
     peer = request.transport.get_extra_info("peername") if request.transport else None
     host = peer[0] if isinstance(peer, tuple) and peer else ""
     return isinstance(host, str) and is_loopback(host)
+
+
+class _YjsSocket(web.WebSocketResponse):
+    """A WebSocket that closes an oversized frame with 4413 instead of 1009: ``y-websocket``
+    retries every code but 4400-4499, and would upload the same frame again forever."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if code == 1009:
+            code, message = 4413, b"frame too large (max_yjs_frame): not retried"
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class _Bucket:
@@ -271,6 +298,17 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             if not _remote_is_loopback(request):
                 t.counters.refuse("not_loopback")
                 return error(403, "not_loopback", "protected mode: loopback clients only")
+            foreign = _foreign_origin(request)
+            if foreign is not None:
+                # (a web page from elsewhere, open in a browser on this machine: without tokens
+                # it would reach the node as a loopback client)
+                t.counters.refuse("cross_origin")
+                return error(
+                    403,
+                    "cross_origin",
+                    f"protected mode: requests from web pages of {foreign!r} are refused (give"
+                    " the node a token file: browsers then pass a token)",
+                )
             name = "local"
         else:
             try:
@@ -834,10 +872,13 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         changed; ``y-websocket`` does not retry 44xx), 4409 the key holds another type, 1013
         too many connections or a client too slow to read, 1009 a frame over the limit."""
         denied = client_auth(request)
-        ws = web.WebSocketResponse(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=None)
+        ws = _YjsSocket(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=None)
         await ws.prepare(request)
         name = request.match_info["name"]
         if denied is not None:
+            if denied.status == 403:
+                await ws.close(code=4403, message=b"forbidden: cross-origin or not loopback")
+                return ws
             t.counters.refuse("yjs_unauthorized")
             await ws.close(code=4401, message=b"unauthorized: pass ?token=... (params: {token})")
             return ws
