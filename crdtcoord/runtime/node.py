@@ -285,10 +285,13 @@ class Node:
         e = host.engine
         left_over = []
         if e.backlog():
-            lagging = [p["node"] for p in self.peer_status() if p["lag"] and not p["left"]]
-            left_over.append(
-                f"{e.backlog()} delta batch(es) not acknowledged by {', '.join(lagging) or '?'}"
-            )
+            lagging = [
+                p["node"] + (" (leaving too)" if p["left"] else "")
+                for p in self.peer_status()
+                if p["lag"]
+            ]
+            who = ", ".join(lagging) or "any peer (the last batch was never sent)"
+            left_over.append(f"{e.backlog()} delta batch(es) not acknowledged by {who}")
         if e.repairs():
             left_over.append(f"a repair owed to {', '.join(e.repairs())}")
         if e.pending_requests():
