@@ -63,6 +63,9 @@ class ParsedUpdate:
     items: int = 0
     #: where the delete set starts in the update's bytes
     ds_offset: int = 0
+    #: per client, the clock ranges ``[start, end)`` its structs cover (Skips excluded): equal
+    #: for two encodings of the same structs
+    ranges: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not self.structs and not any(self.deletes.values())
@@ -151,7 +154,7 @@ class _Reader:
             return
         try:
             json.loads(s)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise self.fail("invalid JSON content") from None
 
     def any(self, depth: int = 0) -> None:
@@ -232,6 +235,13 @@ def _content(r: _Reader, ref: int) -> tuple[int, str | None]:
     if n == 0 and ref != _STRING:
         raise r.fail(f"empty item (content {ref})")
     return n, kind
+
+
+def _cover(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
 
 
 def _learn(roots: dict[str, str | None], root: str, kind: str | None) -> None:
@@ -317,6 +327,7 @@ def _parse(r: _Reader, out: ParsedUpdate) -> None:
         ends: list[int] = []
         links: list[_Link] = []
         items[client] = (starts, ends, links)
+        covered: list[tuple[int, int]] = []
         for _ in range(n_structs):
             info = r.byte()
             ref = info & 0x1F
@@ -324,9 +335,10 @@ def _parse(r: _Reader, out: ParsedUpdate) -> None:
                 n = r.uint()
                 if n == 0:
                     raise r.fail("empty struct")
-                clock += n
                 if ref == _GC:
-                    last = clock
+                    _cover(covered, clock, clock + n)
+                    last = clock + n
+                clock += n
                 continue
             has_origin, has_right = info & 0x80, info & 0x40
             link: _Link
@@ -358,6 +370,8 @@ def _parse(r: _Reader, out: ParsedUpdate) -> None:
             starts.append(clock)
             ends.append(clock + n)
             links.append(link)
+            if n:
+                _cover(covered, clock, clock + n)
             clock += n
             last = clock
             out.items += 1
@@ -365,6 +379,8 @@ def _parse(r: _Reader, out: ParsedUpdate) -> None:
             raise r.fail("clock beyond 2**53 - 1")
         if n_structs and last > first:
             structs[client] = (first, last)
+        if covered:
+            out.ranges[client] = covered
     deletes = out.deletes
     out.ds_offset = r.pos
     for _ in range(r.uint()):

@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from pycrdt import Array, Doc, Map, Text, XmlFragment
+from pycrdt import Array, Doc, Map, Text, XmlElement, XmlFragment, XmlText
 from pycrdt import get_update as pycrdt_get_update
 
 from crdtcoord._exceptions import InvalidArgument
@@ -61,6 +62,8 @@ __all__ = [
     "InvalidUpdate",
     "check_doc_value",
 ]
+
+_log = logging.getLogger(__name__)
 
 #: Wire tag of :class:`Document` (never reused).
 DOCUMENT_TAG = 11
@@ -187,6 +190,7 @@ class Document(CRDTBase):
         "_doc",
         "_local",
         "_origin",
+        "_orphans",
         "_pending",
         "_remote",
         "_roots",
@@ -196,8 +200,10 @@ class Document(CRDTBase):
         "_sub",
         "_updates",
         "collisions",
+        "local_seq",
         "on_local_edit",
         "on_update",
+        "taken_seq",
     )
 
     ALLOWED_IN_MAP: ClassVar[bool] = False
@@ -216,12 +222,17 @@ class Document(CRDTBase):
         #: Called (no arguments) after a local edit made directly on :attr:`doc`, so a driver
         #: can commit it (the runtime schedules a commit on its loop).
         self.on_local_edit: Callable[[], None] | None = None
-        #: Called with ``(update, remote)`` for every transaction of the live ``Doc`` (local
-        #: edits and updates from elsewhere): the feed of a y-protocols room.
-        self.on_update: Callable[[bytes, bool], None] | None = None
+        #: Called with ``(update, local_seq)`` for every transaction of the live ``Doc``
+        #: (``local_seq`` 0 for an update from elsewhere): the feed of a y-protocols room.
+        self.on_update: Callable[[bytes, int], None] | None = None
+        #: local transactions so far, and how many of them :meth:`take_local` handed out (a
+        #: local edit reaches Yjs clients only once taken, i.e. committed and written)
+        self.local_seq = 0
+        self.taken_seq = 0
         #: How many times this replica switched client ids because another writer used its id.
         self.collisions = 0
         self._seed: tuple[str, str] | None = None
+        self._orphans: list[tuple[Doc[Any], Any]] = []  # Docs replaced by a client-id switch
         self._seen: set[bytes] | None = None  # (a delta's updates, as a set, once merged into)
         #: (deltas from :meth:`delta_since`) the sender's state vector and digest then
         self._origin: tuple[bytes, bytes] | None = None
@@ -302,8 +313,10 @@ class Document(CRDTBase):
     def _observe(self, ev: Any) -> None:
         u = bytes(ev.update)  # (copied at once: pycrdt events must not outlive the callback)
         tap = self.on_update
+        if not self._remote:
+            self.local_seq += 1
         if tap is not None:
-            tap(u, self._remote)
+            tap(u, 0 if self._remote else self.local_seq)
         if self._remote:
             return
         self._local.append(u)
@@ -321,6 +334,9 @@ class Document(CRDTBase):
         full = old.get_update()
         if self._sub is not None:
             old.unobserve(self._sub)
+            # an edit still made on the old Doc (a root type taken before the switch) is lost:
+            # say so instead of dropping it silently
+            self._orphans.append((old, old.observe(_orphaned_edit)))
         doc: Doc[Any] = Doc(client_id=client_id) if client_id is not None else Doc()
         for u in [full, *self._pending]:
             doc.apply_update(u)  # (not observed yet: the same content, nothing to report)
@@ -475,6 +491,7 @@ class Document(CRDTBase):
     def take_local(self) -> Document:
         """The delta of the local edits made since the last call (an empty delta if none)."""
         local, self._local = self._local, []
+        self.taken_seq = self.local_seq
         delta = Document()
         delta._roots = dict(self._roots)
         if not local:
@@ -497,7 +514,7 @@ class Document(CRDTBase):
         out: dict[str, Any] = {}
         for name in sorted(self._roots):
             root = doc.get(name, type=ROOT_KINDS[self._roots[name]])
-            out[name] = str(root) if isinstance(root, Text | XmlFragment) else root.to_py()
+            out[name] = _py(root)
         return out
 
     def merge(self, other: Self) -> bool:
@@ -515,10 +532,10 @@ class Document(CRDTBase):
             for name, kind in other._roots.items():
                 grew = self._learn_root(name, kind) or grew
             return grew
-        grew = False
-        for name, kind in other._roots.items():
+        grew = self._apply_all(other._incoming(self._doc.get_state()))
+        for name, kind in other._roots.items():  # (after: a refused delta teaches nothing)
             grew = self._learn_root(name, kind) or grew
-        return self._apply_all(other._incoming(self._doc.get_state())) or grew
+        return grew
 
     def _incoming(self, state: bytes | None) -> list[tuple[bytes, ParsedUpdate]]:
         """What this document gives another holding ``state`` (None: everything)."""
@@ -553,13 +570,32 @@ class Document(CRDTBase):
         h.update(b"|")
         h.update(_canonical_ds(doc.get_update(doc.get_state())))
         h.update(b"|")
-        for k in sorted(hashlib.blake2b(u, digest_size=16).digest() for u in self._pending):
-            h.update(k)
+        h.update(self._pending_signature())
         h.update(b"|")
         for name in sorted(self._roots):
             h.update(f"{name}\x00{self._roots[name]}\x00".encode())
         self._digest = h.digest()
         return self._digest
+
+    def _pending_signature(self) -> bytes:
+        """What the pending updates hold, independent of how they are cut into updates: the
+        clock ranges of their structs and deletes, merged (two replicas holding the same
+        missing data as {u2, u3} and as one merged update must agree, or anti-entropy would
+        exchange them forever)."""
+        structs: dict[int, list[tuple[int, int]]] = {}
+        dels: dict[int, list[tuple[int, int]]] = {}
+        for _u, p in self._pending.values():
+            for c, rs in p.ranges.items():
+                structs.setdefault(c, []).extend((a, b - a) for a, b in rs)
+            for c, ds in p.deletes.items():
+                dels.setdefault(c, []).extend(ds)
+        out = bytearray()
+        for ranges in (_merged_ranges(structs), _merged_ranges(dels)):
+            for client in sorted(ranges):
+                out += f"{client}:".encode()
+                out += b",".join(f"{a}+{n}".encode() for a, n in ranges[client]) + b";"
+            out += b"/"
+        return bytes(out)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -673,11 +709,15 @@ class Document(CRDTBase):
         return self._doc is None and not self._updates
 
     def update_since(self, state: bytes | None = None) -> bytes:
-        """One v1 update with what a replica at state vector ``state`` lacks (everything if
-        None), the pending updates included: what a Yjs client's step1 is answered with."""
+        """One v1 update with what a replica at state vector ``state`` lacks of the integrated
+        content (everything if None): a Yjs client's step 2. Pending updates are separate
+        (:meth:`pending_updates`): merged into it, they would hold the rest back at a client."""
         doc = self._materialize()
-        u = bytes(doc.get_update(state))
-        return _merge([u, *self._pending]) if self._pending else u
+        return bytes(doc.get_update(state))
+
+    def pending_updates(self) -> list[bytes]:
+        """The updates held back until their dependencies arrive (relayed, not shown)."""
+        return list(self._pending)
 
     @classmethod
     def read_summary(cls, payload: Any, reader: Reader) -> bytes:
@@ -699,6 +739,9 @@ class Document(CRDTBase):
         if self._doc is not None and self._sub is not None:
             self._doc.unobserve(self._sub)
             self._sub = None
+        for doc, sub in self._orphans:
+            doc.unobserve(sub)
+        self._orphans.clear()
 
     # ------------------------------------------------------------------ ops as data
 
@@ -831,6 +874,34 @@ def _sv_map(sv: bytes) -> dict[int, int]:
     _SV_CACHE.append((sv, parsed))
     del _SV_CACHE[:-8]
     return parsed
+
+
+def _orphaned_edit(ev: Any) -> None:
+    _log.warning(
+        "an edit was made on a document's old pycrdt Doc, replaced after a client-id collision:"
+        " it is not replicated; take root types from the handle's doc again"
+    )
+
+
+def _py(x: Any, depth: int = 0) -> Any:
+    """A document value as plain Python, whatever a Yjs client nested in it: text and XML as
+    their string form, a subdocument as ``{"subdocument": guid}`` (pycrdt's own ``to_py``
+    raises on XML nested in a map)."""
+    if depth > 64:
+        return None
+    if isinstance(x, Text | XmlFragment | XmlElement | XmlText):
+        return str(x)
+    if isinstance(x, Map):
+        return {k: _py(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, Array):
+        return [_py(v, depth + 1) for v in x]
+    if isinstance(x, Doc):
+        return {"subdocument": str(x.guid)}
+    if isinstance(x, dict):
+        return {k: _py(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_py(v, depth + 1) for v in x]
+    return x
 
 
 def _byte_offset(s: str, index: int) -> int:

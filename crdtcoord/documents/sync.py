@@ -14,12 +14,15 @@ type   name              payload
 =====  ================  ======================================================================
 
 On open the room sends its own step1 and the known awareness states; a client's step1 is answered
-with step2 (everything the client lacks, pending updates included). A client's updates are
-applied through the node (validated, persisted, replicated to peers); every committed change of
-the document, from anywhere, is sent to the room's sessions as an update — never back to the
-session it came from. Awareness is validated, kept per room and sent to every session (the
-sender too: ``y-websocket`` drops a connection that hears nothing for 30 s). Presence is local
-to a node: it is not replicated to peers.
+with step2 (everything the client lacks), then each pending update as an update of its own. A
+client's updates are applied through the node (validated, persisted, replicated to peers); every
+committed change of the document, from anywhere, is sent to the room's sessions as an update —
+never back to the session it came from, and a local edit only once it is written. Awareness is
+validated, kept per room (at most :data:`MAX_ROOM_AWARENESS` states and
+:data:`MAX_ROOM_AWARENESS_BYTES` bytes; a client id belongs to the connection that announced it
+first: another cannot change or remove it) and sent to every session (the sender too:
+``y-websocket`` drops a connection that hears nothing for 30 s). Presence is local to a node: it
+is not replicated to peers.
 
 Any frame that breaks the protocol (unknown type, bad lengths, invalid JSON, trailing bytes, a v2
 or malformed update, an update that does not integrate) raises :class:`ProtocolViolation`; the
@@ -62,6 +65,10 @@ SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE = 0, 1, 2
 #: Awareness entries in one frame, and bytes of one state, at most.
 MAX_AWARENESS_ENTRIES = 1024
 MAX_AWARENESS_STATE = 64 * 1024
+#: Awareness states a room keeps, and their total bytes, at most (a frame beyond either is
+#: refused: the connection is closed with 4400).
+MAX_ROOM_AWARENESS = 4096
+MAX_ROOM_AWARENESS_BYTES = 4 * 1024 * 1024
 
 
 class ProtocolViolation(CodecError):
@@ -128,7 +135,7 @@ def _awareness_entries(payload: bytes) -> tuple[tuple[int, int, str], ...]:
             raise ProtocolViolation("awareness state too large")
         try:
             json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolViolation("awareness state is not JSON") from None
         out.append((client, clock, text))
     if r.pos != r.end:
@@ -193,7 +200,9 @@ class Room:
         self.sessions: list[Session] = []
         #: awareness: client id -> (clock, JSON text)
         self.awareness: dict[int, tuple[int, str]] = {}
-        self._outbox: list[tuple[bytes, Session | None]] = []
+        self._outbox: list[tuple[bytes, Session | None, int]] = []
+        self._owners: dict[int, Session] = {}  # awareness client id -> its connection
+        self._bytes = 0  # awareness bytes kept
         self._from: Session | None = None
         self._doc: Document | None = None
         self.refused = 0
@@ -213,8 +222,8 @@ class Room:
             self._doc.on_update = None
         self._doc = None
 
-    def _on_update(self, update: bytes, remote: bool) -> None:
-        self._outbox.append((update, self._from))
+    def _on_update(self, update: bytes, local_seq: int) -> None:
+        self._outbox.append((update, self._from, local_seq))
 
     def committed(self) -> None:
         """The document's changes so far are durable: send them to the sessions."""
@@ -230,8 +239,12 @@ class Room:
                 if not s.closed:
                     s.send(frame)
             return
-        out, self._outbox = self._outbox, []
-        for update, origin in out:
+        # a local edit goes out only once committed (taken, then written before this call):
+        # a client must never hold an edit its node could forget in a crash
+        taken = self._doc.taken_seq
+        out = [e for e in self._outbox if e[2] <= taken]
+        self._outbox = [e for e in self._outbox if e[2] > taken]
+        for update, origin, _seq in out:
             frame = encode_sync(SYNC_UPDATE, update)
             for s in self.sessions:
                 if s is not origin and not s.closed:
@@ -258,7 +271,9 @@ class Room:
         gone = []
         for client in s.clients:
             cur = self.awareness.pop(client, None)
+            self._owners.pop(client, None)
             if cur is not None:
+                self._bytes -= len(cur[1])
                 gone.append((client, cur[0] + 1, "null"))
         if gone:
             frame = encode_awareness(gone)
@@ -282,6 +297,8 @@ class Room:
                 doc = self.attach()
                 answer = doc.update_since(f.payload) if doc is not None else b"\x00\x00"
                 s.send(encode_sync(SYNC_STEP2, answer))
+                for u in doc.pending_updates() if doc is not None else ():
+                    s.send(encode_sync(SYNC_UPDATE, u))  # (each apart: see update_since)
             else:
                 self._apply(s, f.payload)
         elif f.type == MSG_AWARENESS:
@@ -302,20 +319,32 @@ class Room:
         finally:
             self._from = None
         if not existed and self.attach() is not None:
-            self._outbox.append((update, s))  # (the update that created the document)
+            self._outbox.append((update, s, 0))  # (the update that created the document)
 
     def _awareness(self, s: Session, f: Frame) -> None:
         changed = []
         for client, clock, text in f.entries:
+            owner = self._owners.get(client)
+            if owner is not None and owner is not s:
+                continue  # (another connection's client: not this one's to change)
             cur = self.awareness.get(client)
             if cur is not None and clock < cur[0]:
                 continue  # (an older state)
             if text == "null":
-                self.awareness.pop(client, None)
+                if self.awareness.pop(client, None) is not None:
+                    self._bytes -= len(cur[1]) if cur is not None else 0
                 s.clients.discard(client)
+                self._owners.pop(client, None)
             else:
+                grow = len(text) - (len(cur[1]) if cur is not None else 0)
+                if cur is None and len(self.awareness) >= MAX_ROOM_AWARENESS:
+                    raise ProtocolViolation("too many awareness states in this document")
+                if self._bytes + grow > MAX_ROOM_AWARENESS_BYTES:
+                    raise ProtocolViolation("too many awareness bytes in this document")
                 self.awareness[client] = (clock, text)
+                self._bytes += grow
                 s.clients.add(client)
+                self._owners[client] = s
             changed.append((client, clock, text))
         if changed:
             frame = encode_awareness(changed)

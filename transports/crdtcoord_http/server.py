@@ -872,7 +872,8 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         changed; ``y-websocket`` does not retry 44xx), 4409 the key holds another type, 1013
         too many connections or a client too slow to read, 1009 a frame over the limit."""
         denied = client_auth(request)
-        ws = _YjsSocket(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=None)
+        # (pings every 30 s: a connection that stopped answering is dropped)
+        ws = _YjsSocket(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=30.0)
         await ws.prepare(request)
         name = request.match_info["name"]
         if denied is not None:
@@ -901,23 +902,34 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
             return ws
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(lim.yjs_send_queue)
         slow = False
+        kicks: list[asyncio.Future[None]] = []
 
         def push(frame: bytes) -> None:
             nonlocal slow
+            if slow:
+                return
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:
-                slow = True
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                queue.put_nowait(None)  # (the writer stops: the client is too slow)
+                slow = True  # the client reads slower than the document changes: drop it
+                t.counters.refuse("yjs_too_slow")
+                kicks.append(asyncio.ensure_future(kick()))
+
+        async def kick() -> None:
+            """Close a client that stopped reading (its writer may be stuck in a send: if the
+            close does not get through within a second, the connection is cut)."""
+            try:
+                await asyncio.wait_for(
+                    ws.close(code=1013, message=b"too slow: reconnect and resync"), 1.0
+                )
+            except (TimeoutError, Exception):
+                if request.transport is not None:
+                    request.transport.abort()
 
         async def writer() -> None:
             while True:
                 frame = await queue.get()
                 if frame is None:
-                    if slow:
-                        await ws.close(code=1013, message=b"too slow: reconnect and resync")
                     return
                 await ws.send_bytes(frame)
                 t.counters.yjs_frames_out += 1
