@@ -380,7 +380,7 @@ class Document(CRDTBase):
                 raise InvalidUpdate(f"update refused, it does not integrate: {exc}") from None
         before_sv = live.get_state()
         has_deletes = any(p.deletes for _, p in fresh)
-        before_ds = live.get_update(before_sv) if has_deletes else b""
+        before_ds = _canonical_ds(live.get_update(before_sv)) if has_deletes else b""
         own = live.client_id
         sv0 = _sv_map(before_sv)
         self._remote = True
@@ -392,7 +392,7 @@ class Document(CRDTBase):
             self._remote = False
         after_sv = live.get_state()
         sv = _sv_map(after_sv)
-        grew = after_sv != before_sv
+        grew = sv != sv0  # (compared decoded: yrs orders a state vector's clients freely)
         pending_changed = False
         for _u, p in fresh:
             for root, kind in p.roots.items():
@@ -412,7 +412,7 @@ class Document(CRDTBase):
                 pending[res[0]] = res
                 pending_changed = True
         if has_deletes and not grew:
-            grew = live.get_update(after_sv) != before_ds
+            grew = _canonical_ds(live.get_update(after_sv)) != before_ds
         if not own_history and sv.get(own, 0) != sv0.get(own, 0):
             self._switch_client()  # another writer uses this replica's client id (as Yjs does)
         grew = grew or pending_changed
