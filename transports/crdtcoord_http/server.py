@@ -868,9 +868,10 @@ def build_app(t: HttpTransport, node: NodePort) -> web.Application:
         """WebSocket ``/v1/yjs/{name}``: y-protocols for stock Yjs clients (``y-websocket``).
 
         Refusals happen after the handshake, as close codes a browser can see: 4401 no or bad
-        token, 4400 a frame that breaks the protocol or an update that is refused (nothing
-        changed; ``y-websocket`` does not retry 44xx), 4409 the key holds another type, 1013
-        too many connections or a client too slow to read, 1009 a frame over the limit."""
+        token, 4403 a page of a foreign origin in protected mode, 4400 a frame that breaks the
+        protocol or an update that is refused (nothing changed), 4409 the key holds another
+        type, 4413 a frame over the limit (``y-websocket`` retries every code but 44xx), 1013
+        too many connections or a client too slow to read."""
         denied = client_auth(request)
         # (pings every 30 s: a connection that stopped answering is dropped)
         ws = _YjsSocket(max_msg_size=lim.max_yjs_frame, autoping=True, heartbeat=30.0)
