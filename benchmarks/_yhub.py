@@ -171,6 +171,15 @@ async def write_edits(
     return times
 
 
+def collect_arrivals(readers: Any) -> list[dict[Any, Any]]:
+    """Each reader's arrival time per edit id (the readers' ``dump`` replies)."""
+    out = []
+    for r in readers:
+        d = r.call(30, cmd="dump")
+        out.append(dict(zip(d["ids"], d["ts"], strict=True)))
+    return out
+
+
 def latency_summary(
     first: int, times: Sequence[int], arrivals: Sequence[dict[int, int]]
 ) -> dict[str, Any]:
@@ -614,10 +623,7 @@ class _Run:
         )
         time.sleep(_SETTLE_S)  # the receivers' echoes reach the hub
         b = self.hub.call(cmd="snap")
-        arrivals = []
-        for r in self.readers:
-            d = r.call(30, cmd="dump")
-            arrivals.append(dict(zip(d["ids"], d["ts"], strict=True)))
+        arrivals = collect_arrivals(self.readers)
         return {
             "first": first,
             "times": times,

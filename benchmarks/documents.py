@@ -386,10 +386,7 @@ class CoordRun:
         time.sleep(_yhub._SETTLE_S)  # the receivers' echoes reach their nodes
         b = self.cluster.snap()
         self.cluster.check_alive()
-        arrivals = []
-        for r in self.readers:
-            d = r.call(30, cmd="dump")
-            arrivals.append(dict(zip(d["ids"], d["ts"], strict=True)))
+        arrivals = _yhub.collect_arrivals(self.readers)
         return {
             "first": first,
             "times": times,

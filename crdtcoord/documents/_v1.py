@@ -28,7 +28,6 @@ __all__ = [
     "encode_state_vector",
     "parse_state_vector",
     "parse_update",
-    "read_var_uint",
     "write_var_uint",
 ]
 
@@ -60,7 +59,6 @@ class ParsedUpdate:
     structs: dict[int, tuple[int, int]] = field(default_factory=dict)
     deletes: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     roots: dict[str, str | None] = field(default_factory=dict)
-    items: int = 0
     #: where the delete set starts in the update's bytes
     ds_offset: int = 0
     #: per client, the clock ranges ``[start, end)`` its structs cover (Skips excluded): equal
@@ -374,7 +372,6 @@ def _parse(r: _Reader, out: ParsedUpdate) -> None:
                 _cover(covered, clock, clock + n)
             clock += n
             last = clock
-            out.items += 1
         if clock > _SAFE:
             raise r.fail("clock beyond 2**53 - 1")
         if n_structs and last > first:
@@ -448,11 +445,3 @@ def write_var_uint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
-
-
-def read_var_uint(buf: bytes, pos: int) -> tuple[int, int]:
-    """A var-uint at ``buf[pos:]``: ``(value, next position)``; :class:`UpdateError` if bad."""
-    r = _Reader(buf)
-    r.pos = pos
-    v = r.uint()
-    return v, r.pos

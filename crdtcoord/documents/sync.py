@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from crdtcoord._exceptions import CodecError
 from crdtcoord.documents._v1 import UpdateError, parse_state_vector, write_var_uint
@@ -350,10 +350,3 @@ class Room:
             frame = encode_awareness(changed)
             for other in self.sessions:  # (the sender too: its watchdog needs to hear)
                 other.send(frame)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "sessions": len(self.sessions),
-            "awareness": len(self.awareness),
-            "refused": self.refused,
-        }

@@ -298,11 +298,8 @@ class Store:
                         core.count("entries_expired")  # (deleted here; the sender will too)
                         continue
                     self._track_expiry(key)
-                fresh = incoming.copy()
-                try:
-                    self._adopt(key, fresh)
-                except CodecError as exc:
-                    self._refused(key, origin, exc)
+                fresh = self._taken_in(key, incoming, origin)
+                if fresh is None:
                     continue
                 self._states[key] = fresh
                 grew = True
@@ -310,11 +307,8 @@ class Store:
                 # Concurrent creation with two types: the larger rank wins everywhere; the other
                 # state is dropped, and the application is told.
                 if rank(incoming) > rank(local):
-                    fresh = incoming.copy()
-                    try:
-                        self._adopt(key, fresh)
-                    except CodecError as exc:
-                        self._refused(key, origin, exc)
+                    fresh = self._taken_in(key, incoming, origin)
+                    if fresh is None:
                         continue
                     self._states[key] = fresh
                     grew = replaced = True
@@ -352,6 +346,17 @@ class Store:
         core.count("entries_received", len(entries))
         core.count("entries_inflating", len(inflated))
         return inflated
+
+    def _taken_in(self, key: str, incoming: CRDTBase, origin: str) -> CRDTBase | None:
+        """A copy of a peer's state to become ``key``'s live state, adopted; None (refused,
+        counted and told) if the state refuses to become live."""
+        fresh = incoming.copy()
+        try:
+            self._adopt(key, fresh)
+        except CodecError as exc:
+            self._refused(key, origin, exc)
+            return None
+        return fresh
 
     def _refused(self, key: str, origin: str, exc: CodecError) -> None:
         """An entry whose content the state refused (it changed nothing): counted and told."""
