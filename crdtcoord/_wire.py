@@ -115,8 +115,16 @@ def unpack(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
 # --------------------------------------------------------------------------- argument checks
 
 
+#: Replica ids already found valid (a replica updates under a handful of ids, many times: the
+#: check is a set lookup after the first). Bounded: emptied when it grows past the limit.
+_VALID_REPLICAS: set[str] = set()
+_VALID_REPLICAS_MAX = 4096
+
+
 def check_replica(replica: object) -> str:
     """Validate a replica id: a non-empty ``str`` of at most 255 UTF-8 bytes."""
+    if type(replica) is str and replica in _VALID_REPLICAS:
+        return replica
     if type(replica) is not str:
         raise InvalidArgument(f"replica id must be a str, got {type(replica).__name__}")
     if not replica or len(replica.encode("utf-8", "surrogatepass")) > MAX_REPLICA_ID_BYTES:
@@ -125,6 +133,9 @@ def check_replica(replica: object) -> str:
         replica.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidArgument(f"replica id is not valid unicode: {replica!r}") from None
+    if len(_VALID_REPLICAS) >= _VALID_REPLICAS_MAX:
+        _VALID_REPLICAS.clear()
+    _VALID_REPLICAS.add(replica)
     return replica
 
 

@@ -62,7 +62,8 @@ class Core:
         self._handle = ids.randrange(1 << 40, 1 << 61)
         self._xfer = ids.randrange(1 << 40, 1 << 61)
         self.now = 0.0
-        self._clock_set = False
+        #: has the timer clock been read yet? (the first reading sets it, whatever its value)
+        self.clock_set = False
         self._clock_ms = clock_ms
         self.hlc = HLC(self.physical_ms, max_offset=config.max_clock_offset_ms, strict=False)
         self.effects: list[Effect] = []
@@ -81,9 +82,9 @@ class Core:
 
     def advance(self, now: float) -> None:
         """Move the timer clock forward (the first reading sets it, whatever its value)."""
-        if now > self.now or not self._clock_set:
+        if now > self.now or not self.clock_set:
             self.now = now
-            self._clock_set = True
+            self.clock_set = True
 
     # ------------------------------------------------------------------ effects and ids
 

@@ -60,11 +60,13 @@ from crdtcoord.engine.messages import (
     ReadReply,
     decode_message,
 )
-from crdtcoord.engine.propagation import PeerStream, Propagation
+from crdtcoord.engine.propagation import JOIN_EVERY, PeerStream, Propagation
+from crdtcoord.engine.propagation import join_all as _join_all
 from crdtcoord.engine.requests import OpIds, Requests
 from crdtcoord.engine.store import Critical, Store, Update, check_key
+from crdtcoord.engine.store import persist_effect as _persist
 from crdtcoord.engine.tree import DigestIndex
-from crdtcoord.types import CRDTBase, LWWRegister, ORMap
+from crdtcoord.types import CRDTBase, LWWRegister, Op, ORMap
 
 __all__ = ["Engine"]
 
@@ -131,6 +133,14 @@ class Engine:
             rto=self._propagation.rto_of,
         )
         self._timed = (self._propagation, self._ae, self._requests, self._chunks)
+        # the local hot path (see ``update``): the parts' long-lived containers, and per type
+        # whether its updates may take it; per class of ``fn``, the type an op belongs to
+        self._states = self._store.states
+        self._dirty = self._store.index.dirty
+        self._local_batch = self._propagation.local_batch
+        self._update_ctx = self._store.update_ctx
+        self._plain: dict[type, bool] = {}
+        self._op_kind: dict[type, type | bool | None] = {}
         self._started = False
         self._leaving = False
         self._store.load(store or {}, versions or {})
@@ -399,7 +409,47 @@ class Engine:
         """
         core = self._core
         if now != core.now:
-            core.advance(now)
+            if now > core.now and core.clock_set:
+                core.now = now  # (``Core.advance``, inlined)
+            else:
+                core.advance(now)
+        if consistency is LOCAL and op_id is None:
+            # The hot path, fused across store, propagation and feed: an existing key of a
+            # plain type (no parameters, not critical) updated by one of its ops or a callback.
+            # Anything else, errors included, takes the general path below.
+            state: Any = self._states.get(key) if type(key) is str else None
+            kind = type(state)
+            if kind is factory and not self._leaving and key[0] != "$":
+                fkind = self._op_kind.get(type(fn), False)
+                if fkind is False:
+                    fkind = self._op_kind[type(fn)] = self._fast_kind(fn)
+                if fkind is kind or (
+                    fkind is None and (self._plain.get(kind) or self._learn_plain(kind))
+                ):
+                    if fkind is not None:
+                        delta = fn.apply(state, self._update_ctx)  # type: ignore[union-attr]
+                    else:
+                        try:
+                            delta = fn(state, self._update_ctx)  # type: ignore[operator]
+                        except BaseException:
+                            self._store.repersist(key, state)
+                            raise
+                        if type(delta) is not kind:
+                            self._store.refuse_delta(key, state, persist=True)
+                    self._dirty[key] = None
+                    core.effects.append(_persist((key, delta, None, False, None, False)))
+                    deltas = self._local_batch.get(key)
+                    if deltas is None:
+                        self._propagation.enqueue(key, delta, core.node_id)
+                    else:  # (``Propagation.enqueue``, inlined)
+                        deltas.append(delta)
+                        if len(deltas) >= JOIN_EVERY:
+                            deltas[:] = [_join_all(deltas)]
+                    feed = self._feed
+                    if feed.active and (feed.seen_gen != core.polls or key not in feed.local_seen):
+                        feed.changed(key, None)  # (not for a key already reported this poll)
+                    core._handle += 1
+                    return core._handle
         if type(consistency) is not Consistency:
             consistency = Consistency.parse(consistency)
         if isinstance(fn, type):
@@ -433,6 +483,21 @@ class Engine:
             while len(self._op_handles) > self.config.dedupe_window:
                 del self._op_handles[next(iter(self._op_handles))]
         return handle
+
+    def _fast_kind(self, fn: object) -> type | bool | None:
+        """For the update hot path, by the class of ``fn``: the type its ops belong to when
+        that type may take the hot path, None for a callback, True for anything else (the
+        general path explains or refuses it)."""
+        if isinstance(fn, type):
+            return True
+        if isinstance(fn, Op):
+            kind: type[CRDTBase] | None = getattr(type(fn), "TYPE", None)
+            return kind if kind is not None and self._learn_plain(kind) else True
+        return None if callable(fn) else True
+
+    def _learn_plain(self, kind: type[CRDTBase]) -> bool:
+        plain = self._plain[kind] = self._store.plain(kind)
+        return plain
 
     def _confirm(
         self, op_id: str, key: str, consistency: Consistency, timeout: float | None

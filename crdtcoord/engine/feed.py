@@ -26,8 +26,11 @@ class Feed:
         self.active = False
         #: report a key once per (origin, poll) instead of once per change (see changed())
         self.coalesce = False
-        self._seen: set[tuple[str, str | None]] = set()
-        self._seen_gen = -1
+        self._seen: set[tuple[str, str]] = set()
+        #: coalescing: keys whose local change was reported in poll ``seen_gen`` (the engine's
+        #: update hot path skips the call for them)
+        self.local_seen: set[str] = set()
+        self.seen_gen = -1
 
     @property
     def all_changes(self) -> bool:
@@ -54,6 +57,18 @@ class Feed:
     def changed(self, key: str, origin: str | None) -> None:
         if not self.active:
             return
+        coalesce = self.coalesce
+        if coalesce:
+            # one event per key and origin between two polls: a hot key updated 10,000 times
+            # in one batching window is one change of that window, not 10,000 (the event says
+            # "changed"; its value is read when it is delivered)
+            polls = self._core.polls
+            if self.seen_gen != polls:
+                self._seen.clear()
+                self.local_seen.clear()
+                self.seen_gen = polls
+            if key in self.local_seen if origin is None else (key, origin) in self._seen:
+                return
         subs = self._subs
         hits = (
             tuple(
@@ -65,16 +80,9 @@ class Feed:
             else ()
         )
         if hits or self._all:
-            if self.coalesce:
-                # one event per key and origin between two polls: a hot key updated 10,000
-                # times in one batching window is one change of that window, not 10,000 (the
-                # event says "changed"; its value is read when it is delivered)
-                core = self._core
-                if self._seen_gen != core.polls:
-                    self._seen.clear()
-                    self._seen_gen = core.polls
-                ko = (key, origin)
-                if ko in self._seen:
-                    return
-                self._seen.add(ko)
+            if coalesce:
+                if origin is None:
+                    self.local_seen.add(key)
+                else:
+                    self._seen.add((key, origin))
             self._core.emit(Changed(key, origin, hits))

@@ -39,7 +39,7 @@ from crdtcoord.engine.messages import Ack, Delta, Entry
 from crdtcoord.engine.store import Store, join_ranked
 from crdtcoord.types import CRDTBase
 
-__all__ = ["PeerStream", "Propagation"]
+__all__ = ["JOIN_EVERY", "PeerStream", "Propagation", "join_all"]
 
 
 @dataclass(slots=True)
@@ -71,10 +71,10 @@ _CUT_OFF = 2
 #: probe: a dead peer is not sent the whole backlog every period; its ACK brings the rest).
 _GIVE_UP = 5
 #: Pending deltas of one key are joined at flush, or once this many accumulated.
-_JOIN_EVERY = 64
+JOIN_EVERY = 64
 
 
-def _join_all(deltas: list[CRDTBase]) -> CRDTBase:
+def join_all(deltas: list[CRDTBase]) -> CRDTBase:
     """A fresh join of ``deltas`` (two types at one key: the larger rank wins, as in the store)."""
     if len(deltas) == 1:
         return deltas[0]
@@ -119,6 +119,10 @@ class Propagation:
         self._acked = acked  # (peer, acked, floor): a peer acknowledged up to `acked`
         self.stream = core.id.process & ((1 << 62) - 1)
         self._pending: dict[str, tuple[list[CRDTBase], set[str]]] = {}
+        #: key -> the deltas list of the batch not yet flushed, for keys whose batch already
+        #: holds a delta of this node's own: the engine's local update hot path appends there
+        #: directly (a key's first local delta of a batch goes by ``enqueue``)
+        self.local_batch: dict[str, list[CRDTBase]] = {}
         self._pending_since: float | None = None
         self._last_flush = -math.inf
         self._log: deque[_LogEntry] = deque()
@@ -143,14 +147,16 @@ class Propagation:
         """Batch a delta to push (``origin``: this node, or the peer it came from).
 
         The deltas of one key are kept as a list and joined when the batch is flushed (or every
-        ``_JOIN_EVERY`` deltas): an update pays an append, the join happens once per batch. The
+        ``JOIN_EVERY`` deltas): an update pays an append, the join happens once per batch. The
         delta is not copied — mutators and decoders hand out fresh objects, and the join builds
         a new one."""
         if not (self._core.config.push_deltas or force):
             return
         cur = self._pending.get(key)
         if cur is None:
-            self._pending[key] = ([delta], {origin})
+            cur = self._pending[key] = ([delta], {origin})
+            if origin == self._core.node_id and self._core.config.push_deltas:
+                self.local_batch[key] = cur[0]
             if self._pending_since is None:
                 now = self._core.now
                 delay = self._core.config.delta_delay
@@ -162,16 +168,19 @@ class Propagation:
         deltas.append(delta)
         if origin not in origins:
             origins.add(origin)
-        if len(deltas) >= _JOIN_EVERY:
-            deltas[:] = [_join_all(deltas)]
+            if origin == self._core.node_id and self._core.config.push_deltas:
+                self.local_batch[key] = deltas
+        if len(deltas) >= JOIN_EVERY:
+            deltas[:] = [join_all(deltas)]
 
     def flush(self) -> int:
         """Turn the pending deltas into the next buffer entry; returns its sequence number."""
         if self._pending:
             self.seq += 1
-            entry = {k: (_join_all(d), frozenset(o)) for k, (d, o) in self._pending.items()}
+            entry = {k: (join_all(d), frozenset(o)) for k, (d, o) in self._pending.items()}
             self._log.append(_LogEntry(self.seq, entry))
-            self._pending = {}
+            self._pending.clear()
+            self.local_batch.clear()
             self._pending_since = None
             self._last_flush = self._core.now
             for _ in range(max(0, len(self._log) - self._core.config.delta_buffer)):

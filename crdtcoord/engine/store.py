@@ -26,10 +26,10 @@ from crdtcoord.engine.messages import MAX_KEY_BYTES, Entry
 from crdtcoord.engine.tree import DigestIndex
 from crdtcoord.types import CRDTBase, Op, UpdateContext
 
-__all__ = ["Critical", "Store", "check_key", "rank"]
+__all__ = ["Critical", "Store", "check_key", "persist_effect", "rank"]
 
 #: Builds a Persist without the named tuple's Python-level __new__ (the update hot path).
-_persist = functools.partial(tuple.__new__, Persist)
+persist_effect = functools.partial(tuple.__new__, Persist)
 
 #: ``critical(key, state) -> bool``: does this key's conflicts go to the escalation hook?
 Critical = Callable[[str, CRDTBase], bool]
@@ -101,7 +101,7 @@ class Store:
         self._vv: dict[str, VersionVector] = {}
         self.index = DigestIndex(self._digest)
         self._dirty = self.index.dirty
-        self._update_ctx = UpdateContext(core.actor, core.hlc)
+        self.update_ctx = UpdateContext(core.actor, core.hlc)
         self._effects = core.effects  # (the same list for the engine's life: poll() drains it)
         self._expiring: list[tuple[int, str]] = []  # heap of (expiry ms, key)
 
@@ -242,7 +242,7 @@ class Store:
                 )
             else:
                 state = found
-        ctx = self._update_ctx
+        ctx = self.update_ctx
         if isinstance(fn, Op):
             if not isinstance(state, getattr(type(fn), "TYPE", ())):
                 state.apply(fn, ctx)  # raises the descriptive InvalidArgument
@@ -252,15 +252,10 @@ class Store:
                 delta = fn(state, ctx)
             except BaseException:
                 if not created:
-                    self._repersist(key, state)
+                    self.repersist(key, state)
                 raise
             if type(delta) is not type(state):
-                if not created:
-                    self._repersist(key, state)
-                raise InvalidArgument(
-                    "update functions must return the delta of their mutation "
-                    f"(a {type(state).__name__})"
-                )
+                self.refuse_delta(key, state, persist=not created)
         if created:
             if key[0] == EXPIRY_MARK:
                 if self.expired(key):
@@ -273,14 +268,28 @@ class Store:
             vv = self._vv.setdefault(key, VersionVector())
             vv.increment(self._core.actor)
             vv = vv.copy()
-        self._effects.append(_persist((key, delta, vv, False, op_id, False)))
+        self._effects.append(persist_effect((key, delta, vv, False, op_id, False)))
         return delta
 
-    def _repersist(self, key: str, state: CRDTBase) -> None:
+    def repersist(self, key: str, state: CRDTBase) -> None:
         """A callback mutated and then failed: keep memory and storage equal (the mutation will
         reach peers by anti-entropy; its delta was never returned)."""
         self.index.touch(key)
         self._core.emit(Persist(key, state.copy()))
+
+    def refuse_delta(self, key: str, state: CRDTBase, *, persist: bool) -> None:
+        """A callback returned something other than its delta: refuse it (after
+        :meth:`repersist` of what it may have mutated, for an existing key)."""
+        if persist:
+            self.repersist(key, state)
+        raise InvalidArgument(
+            f"update functions must return the delta of their mutation (a {type(state).__name__})"
+        )
+
+    def plain(self, kind: type[CRDTBase]) -> bool:
+        """May a local update of an existing key of ``kind`` skip the general path? Yes for a
+        type without parameters whose keys are not critical (no version vector to bump)."""
+        return not kind.HAS_PARAMS and not kind.CRITICAL_BY_DEFAULT and self._critical is None
 
     # ------------------------------------------------------------------ joins
 

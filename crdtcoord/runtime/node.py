@@ -69,6 +69,9 @@ from crdtcoord.runtime.handles import (
 from crdtcoord.runtime.transport import LocalNetwork, LocalTransport, Transport
 from crdtcoord.types import CRDTBase, Lease, Op
 
+#: What :attr:`Node.apply_local` applies: an op, or ``fn(state, ctx)`` returning its delta.
+LocalUpdate = Op | Callable[..., CRDTBase]
+
 __all__ = ["Node", "NotRunning", "wall_ms"]
 
 
@@ -160,6 +163,10 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: ``apply_local(key, factory, op)``: apply an update at LOCAL consistency, now (no
+        #: suspension): the fast path of the handles. Durable within one batching window; the
+        #: timer writes and sends it. Before start and from close on it raises NotRunning.
+        self.apply_local: Callable[[str, Any, LocalUpdate], None] = self._refuse_local
         self._waiting: dict[int, asyncio.Future[Event]] = {}
         self._contact: dict[str, float] = {}
         self._started_at = 0.0
@@ -224,6 +231,7 @@ class Node:
         self.token_floor = crashes << 32
         engine = self._host.engine
         engine.report_all_changes(coalesce=True)
+        self.apply_local = self._local_path(engine)
         for p in self._early_peers:
             engine.add_peer(p)
         self._early_peers.clear()
@@ -265,6 +273,7 @@ class Node:
             return False
         self._commit_documents()  # (direct document edits not committed yet)
         self._closing = True
+        self.apply_local = self._refuse_local
         host = self._host
         host.flush()
         await self._drain(self._now() + drain * 0.75)
@@ -536,19 +545,30 @@ class Node:
 
     # ------------------------------------------------------------------ updates and reads
 
-    def apply_local(self, key: str, factory: Any, op: Op | Callable[..., CRDTBase]) -> None:
-        """Apply an update at LOCAL consistency, now (no suspension): the fast path of the
-        handles. Durable within one batching window; the timer writes and sends it."""
-        host = self._host
-        if host is None or self._closing:
-            raise NotRunning("the node is not running" if host is None else "the node is closing")
-        now = self._mono() - self._t0
-        host.engine.update(key, factory, op, now)
-        self.ops_applied += 1
-        at = self._timer_at
-        if at is None or at > now + self.config.delta_delay:
-            host.run()  # (the effects, deferred: the batching timer writes them)
-            self._reschedule()
+    def _refuse_local(self, key: str, factory: Any, op: LocalUpdate) -> None:
+        raise NotRunning("the node is closing" if self._closing else "the node is not running")
+
+    def _local_path(self, engine: Engine) -> Callable[[str, Any, LocalUpdate], None]:
+        """What :attr:`apply_local` is while the node runs: a closure over what the handles'
+        hot path reads (a closure reads its variables faster than attributes)."""
+        update = engine.update
+        mono, t0, delay = self._mono, self._t0, self.config.delta_delay
+        node = self
+
+        def apply_local(key: str, factory: Any, op: LocalUpdate) -> None:
+            now = mono() - t0
+            update(key, factory, op, now)
+            node.ops_applied += 1
+            at = node._timer_at
+            if at is None or at > now + delay:
+                node._run_effects()  # (deferred: the batching timer writes them)
+
+        return apply_local
+
+    def _run_effects(self) -> None:
+        assert self._host is not None
+        self._host.run()
+        self._reschedule()
 
     def persist_now(self) -> None:
         """Write every update applied so far to the storage now, instead of within the

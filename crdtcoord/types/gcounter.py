@@ -32,6 +32,9 @@ def _entries_wire(c: dict[str, int]) -> list[list[Any]]:
     return [[r, c[r]] for r in sorted(c)]
 
 
+_new = object.__new__
+
+
 def _bump(c: dict[str, int], replica: str, n: int, what: str) -> int:
     new = c.get(replica, 0) + n
     if new > INT_MAX:
@@ -91,13 +94,19 @@ class GCounter(CRDTBase):
 
     def _add(self, replica: str, n: int) -> GCounter:
         """:meth:`increment` with arguments already validated (an op's): the hot path."""
-        new = _bump(self._c, replica, n, "count")
-        delta = GCounter()
+        c = self._c
+        new = c.get(replica, 0) + n
+        if new > INT_MAX:
+            raise InvalidArgument(f"count of replica {replica!r} would exceed 2**63-1")
+        delta = _new(GCounter)  # (built without __init__: the delta is this one entry)
         if new:
-            self._c[replica] = new
+            c[replica] = new
             self._total += n
-            delta._c[replica] = new
+            delta._c = {replica: new}
             delta._total = new
+        else:
+            delta._c = {}
+            delta._total = 0
         return delta
 
     @classmethod
