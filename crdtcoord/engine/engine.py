@@ -78,6 +78,14 @@ _MAX_WALL_MS = 2**48
 _MAX_LOGICAL = 2**31
 
 
+class _Absent:
+    """The type of a key the store does not hold (never a factory: no update takes the hot
+    path for it)."""
+
+
+_ABSENT = _Absent()
+
+
 class Engine:
     """One replica. See the module documentation; the public methods are the whole interface."""
 
@@ -405,7 +413,8 @@ class Engine:
         join of their deltas**. With a ``consistency`` above LOCAL, a :class:`WriteDone` or
         :class:`OpFailed` event with this handle follows. ``op_id`` makes retries idempotent,
         across restarts too: an id already applied is not applied again; the retry waits for
-        its consistency level like the original (the key's state is pushed again).
+        its consistency level like the original (the key's state is pushed again). A callback
+        must not call the engine itself (no ``tick`` or ``receive`` from inside an update).
         """
         core = self._core
         if now != core.now:
@@ -417,7 +426,7 @@ class Engine:
             # The hot path, fused across store, propagation and feed: an existing key of a
             # plain type (no parameters, not critical) updated by one of its ops or a callback.
             # Anything else, errors included, takes the general path below.
-            state: Any = self._states.get(key) if type(key) is str else None
+            state: Any = self._states.get(key, _ABSENT) if type(key) is str else _ABSENT
             kind = type(state)
             if kind is factory and not self._leaving and key[0] != "$":
                 fkind = self._op_kind.get(type(fn), False)
@@ -577,7 +586,7 @@ class Engine:
         ``coalesce``: one event per key and origin between two :meth:`poll` calls, however many
         times the key changed (a driver that batches, like the asyncio runtime)."""
         self._feed.all_changes = on
-        self._feed.coalesce = coalesce
+        self._feed.set_coalesce(coalesce)
 
     # ================================================================ receiving
 

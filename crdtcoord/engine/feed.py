@@ -24,7 +24,8 @@ class Feed:
         self._all = False
         #: does any change produce an event? (read on every update: a plain attribute)
         self.active = False
-        #: report a key once per (origin, poll) instead of once per change (see changed())
+        #: report a key once per (origin, poll) instead of once per change (see changed());
+        #: set it with :meth:`set_coalesce`
         self.coalesce = False
         self._seen: set[tuple[str, str]] = set()
         #: coalescing: keys whose local change was reported in poll ``seen_gen`` (the engine's
@@ -41,6 +42,13 @@ class Feed:
     def all_changes(self, on: bool) -> None:
         self._all = on
         self.active = bool(self._subs) or on
+
+    def set_coalesce(self, on: bool) -> None:
+        """Coalesce changes per poll, or not; either way the keys already reported in this
+        poll are forgotten (a change after switching it off is reported, every one)."""
+        self.coalesce = on
+        self._seen.clear()
+        self.local_seen.clear()
 
     def subscribe(self, *, key: str | None = None, prefix: str | None = None) -> int:
         if key is not None and prefix is not None:

@@ -156,8 +156,11 @@ class Store:
             self._core.count("keys_expired", len(out))
         return out
 
-    def _digest(self, key: str) -> bytes:
-        return state_digest(self._states[key])
+    def _digest(self, key: str) -> bytes | None:
+        """A key's digest for the index (None: the key is gone, e.g. it expired while an
+        update callback ran)."""
+        s = self._states.get(key)
+        return None if s is None else state_digest(s)
 
     # ------------------------------------------------------------------ queries
 

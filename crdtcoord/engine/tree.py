@@ -105,7 +105,7 @@ class DigestIndex:
         "dirty",
     )
 
-    def __init__(self, digest_fn: Callable[[str], bytes]) -> None:
+    def __init__(self, digest_fn: Callable[[str], bytes | None]) -> None:
         self._digest_fn = digest_fn
         self._root = 0
         self._leaves: dict[str, int] = {}
@@ -154,8 +154,12 @@ class DigestIndex:
             return 0
         n = len(dirty)
         nodes = self._nodes
+        gone: list[str] = []
         for key in dirty:
             digest = self._digest_fn(key)
+            if digest is None:  # (the key went away after it was touched)
+                gone.append(key)
+                continue
             new = _leaf(key, digest)
             old = self._leaves.get(key)
             h = self._hashes.get(key)
@@ -176,6 +180,8 @@ class DigestIndex:
                 p = prefix_of(h, level)
                 nodes[level][p] = (nodes[level].get(p, 0) ^ d64) + add
         dirty.clear()
+        for key in gone:
+            self.remove(key)
         return n
 
     # ------------------------------------------------------------------ queries

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from crdtcoord import GCounter, InvalidArgument, LWWRegister, ORSet, PNCounter
 from crdtcoord.codec import encode
-from crdtcoord.engine import Changed, Engine, EngineConfig, Persist, Send
+from crdtcoord.engine import Changed, Engine, EngineConfig, Persist, Send, expiring_key
 
 TYPES: dict[str, type[Any]] = {
     "g": GCounter,
@@ -189,3 +189,45 @@ def test_a_local_change_is_reported_once_per_poll_when_coalescing() -> None:
     for _ in range(3):
         eng.update("k", GCounter, GCounter.Increment(1), 0.0)
     assert len([e for e in eng.poll() if isinstance(e, Changed)]) == 3
+
+
+def test_switching_coalescing_off_mid_poll_reports_every_later_change() -> None:
+    # (found by an attack on the hot path: it kept skipping keys reported while coalescing)
+    for factory in (GCounter, lambda: GCounter()):
+        eng = _twin(False, True)
+        eng.update("k", GCounter, GCounter.Increment(1), 0.0)
+        eng.poll()
+        eng.report_all_changes(True, coalesce=True)
+        eng.update("k", factory, GCounter.Increment(1), 0.0)
+        eng.report_all_changes(True, coalesce=False)
+        eng.update("k", factory, GCounter.Increment(1), 0.0)
+        eng.update("k", factory, GCounter.Increment(1), 0.0)
+        assert len([e for e in eng.poll() if isinstance(e, Changed)]) == 3
+
+
+def test_a_missing_key_with_a_nonetype_factory_is_refused_cleanly() -> None:
+    eng = _twin(False, True)
+    for key, factory, message in (
+        ("", type(None), "keys are non-empty str"),
+        (5, type(None), "keys are non-empty str"),
+        ("x", type(None), "factory must build a CRDT"),
+    ):
+        with pytest.raises(InvalidArgument, match=message):
+            eng.update(key, factory, lambda s, c: s, 0.0)  # type: ignore[arg-type]
+    assert "x" not in eng and eng.poll() == []
+
+
+def test_a_key_that_expires_while_its_update_runs_leaves_the_digest_usable() -> None:
+    for factory in (GCounter, lambda: GCounter()):
+        eng = _twin(False, True)
+        key = expiring_key("x", 1500)
+        eng.update(key, GCounter, GCounter.Increment(1), 0.0)
+
+        def late(s: GCounter, ctx: Any, eng: Engine = eng) -> GCounter:
+            d = s.increment(ctx.replica, 1)
+            eng.tick(eng.now + 10.0)  # (an abuse: the key expires and goes meanwhile)
+            return d
+
+        eng.update(key, factory, late, eng.now)
+        assert key not in eng
+        assert eng.digest() == eng.recompute_digest()
