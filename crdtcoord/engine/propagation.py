@@ -9,8 +9,10 @@ unacknowledged range.
 **Retransmission** follows TCP's rules (RFC 6298): the timeout is the smoothed round trip plus
 four deviations, measured from acknowledgements of ranges sent once (Karn), at least
 ``retransmit_min`` — ``retransmit_after`` before the first measurement — doubling while the peer
-stays silent, up to ``4 * retransmit_after``. A message from a silent peer means the link (or the
-partition) healed: every silent peer gets its backlog at once, and the backoff starts over.
+stays silent, up to ``4 * retransmit_after``. A reply from a silent peer means the link (or the
+partition) healed: every silent peer gets its backlog (or a probe) at once, and the backoff
+starts over at one timeout; another message from a silent peer brings its resend forward, with a
+second try one timeout later (a lost resend must not wait for the capped backoff).
 
 **Which path.** A resend, or a push after the peer fell silent, that would ship more than
 ``probe_bytes`` goes to anti-entropy instead: a root probe costs one small message pair, and finds
@@ -49,7 +51,9 @@ class PeerStream:
     ``acked``/``sent``: highest buffer entry acknowledged / sent. ``floor``: entries up to here
     were handed to a repair instead of being sent, so an ACK proves nothing about them.
     ``retry_at``: when the oldest unacknowledged range is resent. ``silent``: resends in a row
-    without progress (the peer is unreachable or overloaded).
+    without progress (the peer is unreachable or overloaded). ``backoff_from``: the ``silent``
+    count at which the current backoff started over (a sign of life restarts the backoff at
+    the RTO, while a peer silent for long stays on one-entry probes).
     """
 
     acked: int = 0
@@ -58,6 +62,7 @@ class PeerStream:
     retry_at: float | None = None
     silent: int = 0
     healed_at: float = float("-inf")  # the last resend triggered by a sign of life
+    backoff_from: int = 0
     #: round-trip estimate (RFC 6298): smoothed RTT and its deviation, None before a sample
     srtt: float | None = None
     rttvar: float = 0.0
@@ -272,6 +277,7 @@ class Propagation:
                 # is left to resend; if it comes back, its stream is behind and it is repaired.
                 st.retry_at = None
                 st.silent = 0
+                st.backoff_from = 0
 
     def mark_behind(self, peer: str, st: PeerStream | None = None, *, probe: bool = False) -> None:
         """Hand ``peer`` to anti-entropy: its stream jumps to the present (acks no longer prove
@@ -280,6 +286,7 @@ class Propagation:
         st.floor = st.acked = st.sent = self.seq
         st.retry_at = None
         st.silent = 0
+        st.backoff_from = 0
         self._core.emit(PeerRepair(peer, "probe" if probe else "behind"))
         self._core.count("repairs_scheduled")
         self._repair(peer, probe)
@@ -296,6 +303,7 @@ class Propagation:
         if st.acked >= st.sent:
             st.retry_at = None
             st.silent = 0
+            st.backoff_from = 0
         self._acked(peer, seq, 0)
         self.gc()
 
@@ -329,6 +337,7 @@ class Propagation:
                 st.timing = None
             st.acked = min(ack.hi, self.seq)
             st.silent = 0
+            st.backoff_from = 0
             st.retry_at = None if st.acked >= st.sent else now + self._rto(st)
             if st.acked >= st.sent and st.sent < self.seq and self._log:
                 self._send_range(peer, st)  # it got a probe: the rest follows
@@ -349,6 +358,10 @@ class Propagation:
             if st.acked < st.sent and now >= st.healed_at + self._backoff(st):
                 st.healed_at = now
                 self._retry(peer, st)
+                # one quick second try if that resend is lost (then the backoff goes on: a
+                # one-way partition gets two resends per backed-off period, not a storm)
+                if st.retry_at is not None:
+                    st.retry_at = min(st.retry_at, now + self._rto(st))
             return
         self._core.count("heals_detected")
         quiet_since = now - self._core.config.retransmit_after
@@ -360,9 +373,11 @@ class Propagation:
                 and other.healed_at <= quiet_since  # one resend per heal, not one per message
             ):
                 other.healed_at = now
-                # the backoff starts over; a peer silent for long stays on probes (a heal of
+                # the backoff starts over (a lost resend is retried after one RTO, not after
+                # the capped backoff); a peer silent for long stays on probes (a heal of
                 # another peer says nothing about it)
                 other.silent = 0 if other.silent < _GIVE_UP else _GIVE_UP - 1
+                other.backoff_from = other.silent
                 self._retry(p, other)
 
     # ------------------------------------------------------------------ time
@@ -393,7 +408,7 @@ class Propagation:
     def _backoff(self, st: PeerStream) -> float:
         """The timeout after ``st.silent`` resends without progress: doubled each time, capped."""
         rto = self._rto(st)
-        backoff = rto * (1 << min(max(st.silent - 1, 0), 6))
+        backoff = rto * (1 << min(max(st.silent - st.backoff_from - 1, 0), 6))
         return min(backoff, max(4 * self._core.config.retransmit_after, rto))
 
     def _rto(self, st: PeerStream) -> float:
