@@ -18,8 +18,9 @@ SQLite data dir (group-committed writes, as ``crdtcoord serve --data-dir``) and 
   ``[seq, t]`` at one node (round robin, one write every 20 ms), read from every other node's
   ``/v1/watch`` server-sent events by a client thread here; sample = arrival time - ``t``.
 * **5 driver nodes**: this script started as ``--driver`` (a ``Node`` + ``HttpTransport`` +
-  ``SqliteStorage``, the objects ``crdtcoord serve`` builds, plus a JSON-lines control pipe on
-  stdin/stdout). Propagation: node ``i`` writes a new register ``lat/<i>/<seq>`` = ``[seq, t]``
+  ``SqliteStorage``, the objects ``crdtcoord serve`` builds and as it builds them — the GC's
+  startup heap frozen, ``freeze_gc=True`` — plus a JSON-lines control pipe on stdin/stdout).
+  Propagation: node ``i`` writes a new register ``lat/<i>/<seq>`` = ``[seq, t]``
   at ``t0 + seq * 10 ms`` for ``seq = i, i + 5, ...`` (a new key per write, so a slow arrival is
   never hidden behind a later write); each node's in-process change feed
   (``node.subscribe("lat/")``) records ``now - t`` for every remote write. Timestamps are
@@ -43,8 +44,10 @@ SQLite data dir (group-committed writes, as ``crdtcoord serve --data-dir``) and 
 printed with each phase: these are shared 2-core machines. Diagnostics (not used by ``make``):
 ``HTTP_BENCH_REDIS=optional`` reports a missing Redis as unavailable even under ``CI`` (the
 test suite's smoke run); ``HTTP_BENCH_STORAGE=memory`` gives the drivers a ``MemoryStorage``
-(the cost of the disk), ``HTTP_BENCH_PROFILE=DIR`` writes a cProfile of each driver's load
-phase to ``DIR/<node>.prof``.
+(the cost of the disk), ``HTTP_BENCH_GC_FREEZE=0`` starts the drivers without ``freeze_gc``,
+``HTTP_BENCH_SLOW=SECONDS`` logs the drivers' event-loop callbacks slower than that (asyncio
+debug mode: slows everything), ``HTTP_BENCH_PROFILE=DIR`` writes a cProfile of each driver's
+load and latency phases to ``DIR/<node>.prof`` and ``DIR/<node>.latency.prof``.
 """
 
 from __future__ import annotations
@@ -308,7 +311,16 @@ async def _handle(node: Any, msg: dict[str, Any]) -> None:
     cmd = msg["cmd"]
     try:
         if cmd == "latency":
+            prof_dir = os.environ.get("HTTP_BENCH_PROFILE")
+            if prof_dir:
+                import cProfile
+
+                pr = cProfile.Profile()
+                pr.enable()
             r = await _cmd_latency(node, msg)
+            if prof_dir:
+                pr.disable()
+                pr.dump_stats(f"{prof_dir}/{node.node_id}.latency.prof")
         elif cmd == "load":
             prof_dir = os.environ.get("HTTP_BENCH_PROFILE")
             if prof_dir:
@@ -361,9 +373,18 @@ async def _driver(cfg: dict[str, Any]) -> None:
         from crdtcoord.host import MemoryStorage
 
         storage = MemoryStorage()
-    node = Node(cfg["id"], transport=transport, storage=storage)
+    # (set up as `crdtcoord serve` sets up its node: the GC's startup heap frozen)
+    freeze = os.environ.get("HTTP_BENCH_GC_FREEZE", "1") != "0"
+    node = Node(cfg["id"], transport=transport, storage=storage, freeze_gc=freeze)
     node.write_observers.append(_observe_write)
     await node.start()
+    if os.environ.get("HTTP_BENCH_SLOW"):
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        lp = asyncio.get_running_loop()
+        lp.set_debug(True)
+        lp.slow_callback_duration = float(os.environ["HTTP_BENCH_SLOW"])
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

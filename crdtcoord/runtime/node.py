@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -111,6 +112,7 @@ class Node:
         critical_prefixes: tuple[str, ...] = (),
         phi: PhiSettings | None = None,
         remove_after: float | None = None,
+        freeze_gc: bool = False,
     ) -> None:
         """``failure_timeout``: seconds of silence after which a peer is shown as suspected;
         ``keep_changes``: changes kept for feed replays; ``feed_queue``: changes a subscriber
@@ -120,8 +122,13 @@ class Node:
         ``critical_prefixes``: keys under these prefixes are critical (version vectors kept,
         conflicts escalated) besides the types critical by default (leases). ``phi``: the
         failure detector's settings; ``remove_after``: remove (by consensus) a peer suspected
-        for that many seconds (None: never automatically)."""
+        for that many seconds (None: never automatically). ``freeze_gc``: once started, move
+        everything alive into the garbage collector's permanent generation (``gc.freeze()``),
+        so that full collections no longer walk the imported libraries and the startup state —
+        pauses of tens of ms on the event loop become about a millisecond. It is process-wide:
+        ``crdtcoord serve`` sets it; an application that embeds a node decides for itself."""
         self.node_id = node_id
+        self._freeze_gc = freeze_gc
         # (a node sends the first delta after a quiet window at once: see delta_idle_send)
         self.config = config or EngineConfig(delta_idle_send=True)
         self.transport: Transport = transport or LocalTransport(LocalNetwork())
@@ -263,6 +270,9 @@ class Node:
                     " process sharing one instance)"
                 )
             await self.consensus.start()
+        if self._freeze_gc:
+            gc.collect()  # (garbage of the startup is freed, not frozen)
+            gc.freeze()
         return self
 
     async def close(self, *, drain: float = 2.0) -> bool:

@@ -291,3 +291,25 @@ async def test_a_subscription_sees_a_change_made_right_after_it_is_created() -> 
         assert node.status()["feed"]["subscribers"] == 0
     finally:
         await node.close()
+
+
+async def test_freeze_gc_freezes_the_startup_heap_once_started() -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    node = Node("solo", freeze_gc=True)
+    try:
+        assert gc.get_freeze_count() == 0  # (nothing happens before start)
+        await node.start()
+        assert gc.get_freeze_count() > 1000  # the imported modules, the node, the engine
+        await node.counter("c").inc()
+        assert node.counter("c").value() == 1
+    finally:
+        await node.close(drain=0.1)
+        gc.unfreeze()  # (the rest of the test process collects as before)
+    plain = Node("plain")
+    await plain.start()
+    try:
+        assert gc.get_freeze_count() == 0  # off by default: an application decides
+    finally:
+        await plain.close(drain=0.1)

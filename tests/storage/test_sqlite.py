@@ -208,9 +208,9 @@ CHILD = textwrap.dedent(
     from crdtcoord.storage import SqliteStorage
 
     cfg = EngineConfig(ae_enabled=False, gossip_membership=False)
-    h = Host.open(
-        "a", SqliteStorage(sys.argv[1]), lambda *m: None, wall_ms=1, clock_ms=None, config=cfg
-    )
+    # (checkpoints often, in the background thread: a kill can land in the middle of one)
+    store = SqliteStorage(sys.argv[1], checkpoint_pages=50, checkpoint_every=0.01)
+    h = Host.open("a", store, lambda *m: None, wall_ms=1, clock_ms=None, config=cfg)
     h.start(0.0)
     i = 0
     while True:
@@ -246,3 +246,79 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert value >= acked  # every acknowledged increment survived the kill
     assert {f"op-{i}" for i in range(1, acked + 1)} <= set(snap.op_ids)
     assert MemoryStorage  # (the in-memory storage would have lost all of it with the process)
+
+
+def test_wal_checkpoints_run_in_the_background_and_bound_the_wal(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    storage = SqliteStorage(db, checkpoint_pages=100, checkpoint_every=0.02)
+    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h.start(0.0)
+    # the writer's own connection never checkpoints inside a commit (that stalled the loop)
+    probe = sqlite3.connect(db)
+    assert storage._db is not None
+    assert storage._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    wal = Path(str(db) + "-wal")
+    sizes = []
+    for i in range(1, 6_001):
+        h.update(f"k{i % 50}", GCounter, GCounter.Increment(1), 0.0)
+        if i % 500 == 0:
+            sizes.append(wal.stat().st_size)
+    deadline = 5.0
+    while storage.checkpoints == 0 and deadline > 0:
+        import time
+
+        time.sleep(0.05)
+        deadline -= 0.05
+    assert storage.checkpoints > 0
+    # (a writer that never pauses: the thread's checkpoints cannot restart the WAL, the writer's
+    # own inline checkpoint at 8 x checkpoint_pages keeps it bounded; unbounded, 6,000 commits
+    # made it 52 MB)
+    assert max(sizes) < 12 * 1024 * 1024, sizes
+    assert storage.inline_checkpoints > 0
+    probe.close()
+    h.close()
+    snap = SqliteStorage(db).open("a")
+    assert snap is not None
+    assert sum(s.value() for s in snap.states.values()) == 6_000
+
+
+def test_with_pauses_between_writes_the_thread_alone_keeps_the_wal_small(tmp_path: Path) -> None:
+    import time
+
+    db = tmp_path / "a.db"
+    storage = SqliteStorage(db, checkpoint_pages=100, checkpoint_every=0.01)
+    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h.start(0.0)
+    wal = Path(str(db) + "-wal")
+    sizes = []
+    for _burst in range(30):  # (a node: writes in batching windows, the loop idle in between)
+        for i in range(40):
+            h.update(f"k{i}", GCounter, GCounter.Increment(1), 0.0)
+        time.sleep(0.03)
+        sizes.append(wal.stat().st_size)
+    assert storage.checkpoints > 0 and storage.inline_checkpoints == 0
+    # the WAL restarted from its start again and again: it stays about the size of a few
+    # bursts (1,200 commits without checkpoints would be about 10 MB)
+    assert max(sizes) < 2 * 1024 * 1024, sizes
+    h.close()
+
+
+def test_a_dead_checkpointer_puts_checkpoints_back_inline(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    storage = SqliteStorage(db)
+    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h.start(0.0)
+    assert storage._ckpt is not None
+    storage._ckpt.stop()  # (as if its thread had died)
+    storage._ckpt._stop = False
+    h.update("k", GCounter, GCounter.Increment(1), 0.0)
+    assert storage._ckpt is None
+    assert storage._db is not None
+    assert storage._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+    h.close()
+
+
+def test_checkpoint_settings_are_checked(tmp_path: Path) -> None:
+    for kw in ({"checkpoint_pages": 0}, {"checkpoint_every": 0}, {"checkpoint_every": "1"}):
+        with pytest.raises(StorageError):
+            SqliteStorage(tmp_path / "x.db", **kw)

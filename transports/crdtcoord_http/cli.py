@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         config=config,
         failure_timeout=args.failure_timeout,
         consensus=consensus,
+        freeze_gc=True,  # (this process is the node's: short GC pauses, see Node)
     )
     return asyncio.run(_serve_until_signal(node, args))
 
