@@ -827,7 +827,15 @@ class Node:
             )
         }
         storage: dict[str, Any] = {"kind": type(self.storage).__name__}
-        for attr in ("path", "durability", "writes", "compactions", "last_write_s"):
+        for attr in (
+            "path",
+            "durability",
+            "writes",
+            "compactions",
+            "checkpoints",
+            "inline_checkpoints",
+            "last_write_s",
+        ):
             if hasattr(self.storage, attr):
                 v = getattr(self.storage, attr)
                 storage[attr] = str(v) if attr == "path" else v
