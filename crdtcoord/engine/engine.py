@@ -148,6 +148,9 @@ class Engine:
         self._local_batch = self._propagation.local_batch
         self._update_ctx = self._store.update_ctx
         self._plain: dict[type, bool] = {}
+        #: the current run of an extensible op (see ``update``): (state, op class, the run's
+        #: delta, poll count, flush count) when it began
+        self._run: tuple[Any, type, Any, int, int] | None = None
         self._op_kind: dict[type, type | bool | None] = {}
         self._started = False
         self._leaving = False
@@ -428,6 +431,26 @@ class Engine:
             # Anything else, errors included, takes the general path below.
             state: Any = self._states.get(key, _ABSENT) if type(key) is str else _ABSENT
             kind = type(state)
+            run = self._run
+            if (
+                run is not None
+                and run[0] is state
+                and run[1] is type(fn)
+                and kind is factory
+                and run[3] == core.polls
+                and run[4] == self._propagation.flushes
+            ):
+                # A run: the same op class on the same key's state since the last poll and
+                # flush. The run's first update emitted the Persist and batched the delta; this
+                # one folds into that delta in place (neither was consumed yet), as the
+                # driver's coalescing and the batch's join would have joined them.
+                fn.extend(state, self._update_ctx, run[2])  # type: ignore[union-attr]
+                self._dirty[key] = None
+                feed = self._feed
+                if feed.active and (feed.seen_gen != core.polls or key not in feed.local_seen):
+                    feed.changed(key, None)
+                core._handle += 1
+                return core._handle
             if kind is factory and not self._leaving and key[0] != "$":
                 fkind = self._op_kind.get(type(fn), False)
                 if fkind is False:
@@ -437,6 +460,14 @@ class Engine:
                 ):
                     if fkind is not None:
                         delta = fn.apply(state, self._update_ctx)  # type: ignore[union-attr]
+                        if fn.EXTENDS:  # type: ignore[union-attr]
+                            self._run = (
+                                state,
+                                type(fn),
+                                delta,
+                                core.polls,
+                                self._propagation.flushes,
+                            )
                     else:
                         try:
                             delta = fn(state, self._update_ctx)  # type: ignore[operator]

@@ -128,6 +128,9 @@ class Propagation:
         #: holds a delta of this node's own: the engine's local update hot path appends there
         #: directly (a key's first local delta of a batch goes by ``enqueue``)
         self.local_batch: dict[str, list[CRDTBase]] = {}
+        #: batches flushed so far (a delta appended before a flush is in the log from then on:
+        #: the engine extends a run's delta in place only within one batch)
+        self.flushes = 0
         self._pending_since: float | None = None
         self._last_flush = -math.inf
         self._log: deque[_LogEntry] = deque()
@@ -186,6 +189,7 @@ class Propagation:
             self._log.append(_LogEntry(self.seq, entry))
             self._pending.clear()
             self.local_batch.clear()
+            self.flushes += 1
             self._pending_since = None
             self._last_flush = self._core.now
             for _ in range(max(0, len(self._log) - self._core.config.delta_buffer)):

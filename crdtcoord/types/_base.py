@@ -194,6 +194,17 @@ class Op:
         """Mutate ``state`` and return the delta (exactly this op's effect)."""
         raise NotImplementedError
 
+    #: Capability: the op can :meth:`extend` a delta of earlier ops of its class (the engine
+    #: then folds a run of them on one key into one delta, instead of one delta each).
+    EXTENDS: ClassVar[bool] = False
+
+    def extend(self, state: Any, ctx: UpdateContext, delta: Any) -> None:
+        """Apply this op to ``state`` and fold its effect into ``delta`` in place, where
+        ``delta`` is the join of the deltas of earlier ops of this class by ``ctx.replica`` on
+        ``state``: afterwards ``delta`` must equal that join with this op's delta. Only for
+        types whose such joins stay small (a counter's one entry)."""
+        raise NotImplementedError
+
     def args(self) -> list[Any]:
         """The op's arguments in field order (nested ops in their wire form)."""
         out: list[Any] = []

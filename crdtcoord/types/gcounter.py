@@ -70,6 +70,21 @@ class GCounter(CRDTBase):
         def apply(self, state: GCounter, ctx: UpdateContext) -> GCounter:
             return state._add(ctx.replica, self.n)  # (both already validated)
 
+        EXTENDS = True
+
+        def extend(self, state: GCounter, ctx: UpdateContext, delta: GCounter) -> None:
+            # (delta is {replica: count} or empty: the join with this op's is {replica: new})
+            replica = ctx.replica
+            c = state._c
+            new = c.get(replica, 0) + self.n
+            if new > INT_MAX:
+                raise InvalidArgument(f"count of replica {replica!r} would exceed 2**63-1")
+            if new:
+                c[replica] = new
+                state._total += self.n
+                delta._c[replica] = new
+                delta._total = new
+
     OPS = (Increment,)
 
     def __init__(self) -> None:

@@ -34,6 +34,11 @@ class PNCounter(CRDTBase):
         def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
             return state._add(ctx.replica, self.n, True)  # (both already validated)
 
+        EXTENDS = True
+
+        def extend(self, state: PNCounter, ctx: UpdateContext, delta: PNCounter) -> None:
+            state._extend(ctx.replica, self.n, True, delta)
+
     @dataclass(frozen=True, slots=True)
     class Decrement(Op):
         """Subtract ``n >= 0``."""
@@ -43,6 +48,11 @@ class PNCounter(CRDTBase):
 
         def apply(self, state: PNCounter, ctx: UpdateContext) -> PNCounter:
             return state._add(ctx.replica, self.n, False)  # (both already validated)
+
+        EXTENDS = True
+
+        def extend(self, state: PNCounter, ctx: UpdateContext, delta: PNCounter) -> None:
+            state._extend(ctx.replica, self.n, False, delta)
 
     OPS = (Increment, Decrement)
 
@@ -69,6 +79,20 @@ class PNCounter(CRDTBase):
         check_replica(replica)
         check_amount(n)
         return self._add(replica, n, positive)
+
+    def _extend(self, replica: str, n: int, positive: bool, delta: PNCounter) -> None:
+        """:meth:`_add`, folding its delta into ``delta`` (one side's entry of ``replica``)."""
+        side = self._p if positive else self._n
+        new = _bump(side, replica, n, "increments" if positive else "decrements")
+        if new:
+            side[replica] = new
+            if positive:
+                self._value += n
+                delta._p[replica] = new
+            else:
+                self._value -= n
+                delta._n[replica] = new
+            delta._value = delta._p.get(replica, 0) - delta._n.get(replica, 0)
 
     def _add(self, replica: str, n: int, positive: bool) -> PNCounter:
         """Increment or decrement with arguments already validated (an op's): the hot path."""
