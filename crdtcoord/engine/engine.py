@@ -149,7 +149,7 @@ class Engine:
         self._update_ctx = self._store.update_ctx
         self._plain: dict[type, bool] = {}
         #: the current run of an extensible op (see ``update``): (state, op class, the run's
-        #: delta, poll count, flush count) when it began
+        #: delta, poll count, batch generation) when it began
         self._run: tuple[Any, type, Any, int, int] | None = None
         self._op_kind: dict[type, type | bool | None] = {}
         self._started = False
@@ -438,7 +438,7 @@ class Engine:
                 and run[1] is type(fn)
                 and kind is factory
                 and run[3] == core.polls
-                and run[4] == self._propagation.flushes
+                and run[4] == self._propagation.batch_gen
             ):
                 # A run: the same op class on the same key's state since the last poll and
                 # flush. The run's first update emitted the Persist and batched the delta; this
@@ -466,7 +466,7 @@ class Engine:
                                 type(fn),
                                 delta,
                                 core.polls,
-                                self._propagation.flushes,
+                                self._propagation.batch_gen,
                             )
                     else:
                         try:
@@ -485,6 +485,7 @@ class Engine:
                         deltas.append(delta)
                         if len(deltas) >= JOIN_EVERY:
                             deltas[:] = [_join_all(deltas)]
+                            self._propagation.batch_gen += 1  # (a run's delta is joined away)
                     feed = self._feed
                     if feed.active and (feed.seen_gen != core.polls or key not in feed.local_seen):
                         feed.changed(key, None)  # (not for a key already reported this poll)

@@ -128,9 +128,10 @@ class Propagation:
         #: holds a delta of this node's own: the engine's local update hot path appends there
         #: directly (a key's first local delta of a batch goes by ``enqueue``)
         self.local_batch: dict[str, list[CRDTBase]] = {}
-        #: batches flushed so far (a delta appended before a flush is in the log from then on:
-        #: the engine extends a run's delta in place only within one batch)
-        self.flushes = 0
+        #: bumped whenever batched delta objects are replaced by a join: at a flush (the batch
+        #: becomes a log entry) and when a key's list is compacted every ``JOIN_EVERY`` deltas.
+        #: The engine extends a run's delta in place only while it is still batched as itself.
+        self.batch_gen = 0
         self._pending_since: float | None = None
         self._last_flush = -math.inf
         self._log: deque[_LogEntry] = deque()
@@ -180,6 +181,7 @@ class Propagation:
                 self.local_batch[key] = deltas
         if len(deltas) >= JOIN_EVERY:
             deltas[:] = [join_all(deltas)]
+            self.batch_gen += 1
 
     def flush(self) -> int:
         """Turn the pending deltas into the next buffer entry; returns its sequence number."""
@@ -189,7 +191,7 @@ class Propagation:
             self._log.append(_LogEntry(self.seq, entry))
             self._pending.clear()
             self.local_batch.clear()
-            self.flushes += 1
+            self.batch_gen += 1
             self._pending_since = None
             self._last_flush = self._core.now
             for _ in range(max(0, len(self._log) - self._core.config.delta_buffer)):

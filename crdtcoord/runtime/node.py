@@ -125,10 +125,12 @@ class Node:
         for that many seconds (None: never automatically). ``freeze_gc``: once started, move
         everything alive into the garbage collector's permanent generation (``gc.freeze()``),
         so that full collections no longer walk the imported libraries and the startup state —
-        pauses of tens of ms on the event loop become about a millisecond. It is process-wide:
-        ``crdtcoord serve`` sets it; an application that embeds a node decides for itself."""
+        pauses of tens of ms on the event loop become about a millisecond; :meth:`close`
+        unfreezes. It is process-wide (an unfreeze releases every frozen object): ``crdtcoord
+        serve`` sets it; an application that embeds a node decides for itself."""
         self.node_id = node_id
         self._freeze_gc = freeze_gc
+        self._frozen = False
         # (a node sends the first delta after a quiet window at once: see delta_idle_send)
         self.config = config or EngineConfig(delta_idle_send=True)
         self.transport: Transport = transport or LocalTransport(LocalNetwork())
@@ -273,6 +275,7 @@ class Node:
         if self._freeze_gc:
             gc.collect()  # (garbage of the startup is freed, not frozen)
             gc.freeze()
+            self._frozen = True
         return self
 
     async def close(self, *, drain: float = 2.0) -> bool:
@@ -324,6 +327,9 @@ class Node:
         for fut in self._waiting.values():
             if not fut.done():
                 fut.cancel()
+        if self._frozen:
+            gc.unfreeze()  # (else this node, now garbage, would stay frozen with its store)
+            self._frozen = False
         return host.close()
 
     async def _drain(self, deadline: float) -> None:

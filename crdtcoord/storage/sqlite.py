@@ -29,10 +29,13 @@ propagation p99). The writer's connection has automatic checkpoints off; a backg
 with its own connection, runs a passive checkpoint (which never blocks a writer) once at least
 ``checkpoint_pages`` WAL pages were written, or every ``checkpoint_every`` seconds after a write.
 The WAL restarts from its beginning only once every frame was copied, which a checkpoint running
-beside a writer that never pauses cannot achieve: if the WAL reaches eight times
-``checkpoint_pages``, the writer runs one checkpoint itself (``inline_checkpoints`` counts them;
-only sustained write load gets there). Durability is the same either way: a commit is durable in
-the WAL before it returns.
+beside a writer that never pauses cannot achieve: if the WAL file reaches eight times
+``checkpoint_pages`` pages after a write (its compactions included), the writer checkpoints and
+truncates it itself (``inline_checkpoints`` counts them; only sustained write load gets there),
+waiting at most 50 ms for a reader (the thread stands down meanwhile): with another process's
+read snapshot open, it tries again a second later and the WAL grows meanwhile, as it would with
+SQLite's own checkpoints. Durability is the
+same either way: a commit is durable in the WAL before it returns.
 
 A data dir is locked by the process that opened it (a second opener gets :class:`StorageError`),
 because two processes writing one node's state would reuse its dots.
@@ -46,6 +49,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -135,6 +139,9 @@ class SqliteStorage:
         self.compactions = 0
         #: checkpoints the writer had to run itself (the WAL outgrew what the thread kept up with)
         self.inline_checkpoints = 0
+        self._inline_after = 0.0  # (monotonic time before which no inline checkpoint is tried)
+        self._due: dict[str, None] = {}  # keys to compact, oldest first (see _compact_heavy)
+        self._wal = str(self.path) + "-wal"
         self.last_write_s = 0.0
 
     # ------------------------------------------------------------------ connection
@@ -168,6 +175,8 @@ class SqliteStorage:
             raise StorageError(f"{self.path} is not a usable SQLite database: {exc}") from None
         self._db = db
         self._ckpt = _Checkpointer(self.path, sync, self._ckpt_pages, self._ckpt_every)
+        # (a storage dropped without close() does not leave its thread behind)
+        weakref.finalize(self, self._ckpt.stop, False)
         return db
 
     def _unlock(self) -> None:
@@ -190,14 +199,37 @@ class SqliteStorage:
         """WAL checkpoints run by the background thread (for status and tests)."""
         return self._ckpt.runs if self._ckpt is not None else 0
 
-    def _inline_checkpoint(self) -> None:
-        assert self._db is not None and self._ckpt is not None
+    def _bound_wal(self) -> None:
+        """If the WAL outgrew 8 x ``checkpoint_pages`` (writes never paused long enough for a
+        background checkpoint to copy every frame, which the WAL needs to restart from its
+        beginning), checkpoint and truncate it here, between two transactions of the only
+        writer. Waits at most 50 ms for a reader (another process's open snapshot): then it is
+        tried again a second later, and the WAL grows meanwhile, as it would with SQLite's own
+        checkpoints."""
+        assert self._db is not None
         try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # (busy: the thread's checkpoint goes on; retried later)
-            _log.warning("inline WAL checkpoint of %s failed: %s", self.path, exc)
+            size = os.stat(self._wal).st_size
+        except OSError:
             return
-        self._ckpt.wal_pages = 0
+        if size < 8 * self._ckpt_pages * 4096:
+            return
+        assert self._ckpt is not None
+        self._ckpt.paused = True  # (its passive copies would only compete with this one)
+        db = self._db
+        busy = 1
+        try:
+            db.execute("PRAGMA busy_timeout=50")  # (the thread's copy ends; a reader's won't)
+            try:
+                busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+            finally:
+                db.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            _log.warning("inline WAL checkpoint of %s failed (retried): %s", self.path, exc)
+        if busy:  # (the thread's last copy still running: at the next write; a reader: 1 s)
+            if not self._ckpt.running:
+                self._inline_after = time.monotonic() + 1.0
+            return
+        self._ckpt.paused = False
         self.inline_checkpoints += 1
 
     def __enter__(self) -> SqliteStorage:
@@ -240,6 +272,12 @@ class SqliteStorage:
             return self._open(node_id)
         except StorageError:
             self.close()  # a refused data dir is left as it was, and unlocked
+            raise
+        except sqlite3.Error as exc:  # (a damaged file: tables missing, say)
+            self.close()
+            raise StorageError(f"{self.path} is not a usable data dir: {exc}") from None
+        except BaseException:
+            self.close()
             raise
 
     def _open(self, node_id: str) -> Snapshot | None:
@@ -305,6 +343,7 @@ class SqliteStorage:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self.close()
             raise
         self._node = node_id
         self._state_size.clear()
@@ -354,11 +393,6 @@ class SqliteStorage:
             if not ckpt.alive:  # (it could not run: checkpoints go back inline)
                 db.execute("PRAGMA wal_autocheckpoint=1000")
                 self._ckpt = None
-            elif ckpt.wal_pages >= 8 * self._ckpt_pages:
-                # Writes never paused long enough for a background checkpoint to catch up (the
-                # WAL restarts only once every frame is copied): one inline checkpoint, a stall
-                # of the writer under sustained load only, so that the WAL stays bounded.
-                self._inline_checkpoint()
             else:
                 ckpt.wrote(db.total_changes)
         for (key,) in deletes:
@@ -372,16 +406,34 @@ class SqliteStorage:
                 self._delta_size[key] = self._delta_size.get(key, 0) + len(blob)
                 self._delta_max[key] = max(self._delta_max.get(key, 0), len(blob))
         self._compact_heavy(k for k, _, _ in rows)
+        if self._ckpt is not None and time.monotonic() >= self._inline_after:
+            self._bound_wal()
         self.last_write_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ compaction
 
     def _compact_heavy(self, keys: Iterable[str]) -> None:
-        for key in set(keys):
-            pending = self._delta_size.get(key, 0)
-            floor = max(self._compact_min, self._state_size.get(key, 0))
-            if pending > floor and pending > 2 * self._delta_max.get(key, 0):
+        """Compact the keys whose deltas outweigh their state, at most ``_COMPACT_PER_WRITE``
+        per write (the others wait for the next writes: many keys coming due at once must not
+        stall one write for seconds), keeping the WAL bounded between two compactions."""
+        due = self._due
+        for key in keys:
+            if self._heavy(key):
+                due[key] = None
+        n = 0
+        while due and n < _COMPACT_PER_WRITE:
+            key = next(iter(due))
+            del due[key]
+            if self._heavy(key):  # (still: it may have been deleted or compacted meanwhile)
                 self._compact(key)
+                n += 1
+                if self._ckpt is not None and time.monotonic() >= self._inline_after:
+                    self._bound_wal()
+
+    def _heavy(self, key: str) -> bool:
+        pending = self._delta_size.get(key, 0)
+        floor = max(self._compact_min, self._state_size.get(key, 0))
+        return pending > floor and pending > 2 * self._delta_max.get(key, 0)
 
     def _compact(self, key: str) -> None:
         """Fold ``key``'s deltas into its state (one transaction)."""
@@ -436,6 +488,9 @@ def _join_blobs(blobs: list[bytes]) -> CRDTBase:
 
 _log = logging.getLogger("crdtcoord.storage")
 
+#: Compactions one write runs at most (each its own transaction); the rest wait for later writes.
+_COMPACT_PER_WRITE = 8
+
 
 class _Checkpointer:
     """Runs passive WAL checkpoints in a thread of its own, with its own connection, so that
@@ -457,7 +512,9 @@ class _Checkpointer:
         self._dirty = False
         self._changes_at_last = 0
         self.runs = 0
-        self.wal_pages = 0  # WAL size in pages at the last checkpoint
+        #: the writer is truncating an oversized WAL itself: stand down until it has
+        self.paused = False
+        self.running = False  # (a checkpoint is copying now)
         self._thread = threading.Thread(
             target=self._run, name=f"crdtcoord-checkpoint:{path.name}", daemon=True
         )
@@ -475,10 +532,11 @@ class _Checkpointer:
     def alive(self) -> bool:
         return self._thread.is_alive() or self._stop
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         db: sqlite3.Connection | None = None
@@ -488,18 +546,21 @@ class _Checkpointer:
             while True:
                 self._wake.wait(self._every)
                 self._wake.clear()
-                if not self._dirty:
+                if not self._dirty or self.paused:
                     if self._stop:
                         return
                     continue
                 self._dirty = False
+                self.running = True
                 try:
-                    _busy, log, _done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    # (fetched to its end: a statement left open would hold a read snapshot)
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.runs += 1
-                    self.wal_pages = log
                 except sqlite3.Error as exc:
                     self._dirty = True
                     _log.warning("WAL checkpoint of %s failed (retried): %s", self._path, exc)
+                finally:
+                    self.running = False
                 if self._stop:
                     return
         except sqlite3.Error as exc:

@@ -252,3 +252,23 @@ def test_a_key_that_expires_while_its_update_runs_leaves_the_digest_usable() -> 
         eng.update(key, factory, late, eng.now)
         assert key not in eng
         assert eng.digest() == eng.recompute_digest()
+
+
+def test_a_run_never_extends_a_delta_the_batch_joined_away() -> None:
+    # (found by an attack: the 64th delta of a key's batch joins the list into a new object;
+    # a run that began with that delta kept extending the old one, which was never sent)
+    for factory in (GCounter, lambda: GCounter()):
+        a = _twin(False, True)
+        for _ in range(63):
+            a.update("k", factory, GCounter.Increment(1), 0.0)
+            a.poll()
+        a.update("k", factory, GCounter.Increment(1), 0.0)  # the 64th: the batch is joined
+        a.update("k", factory, GCounter.Increment(100), 0.0)
+        a.poll()
+        a.tick(1.0)
+        b = Engine("b", seeds=["a"], config=a.config)
+        b.start(1.0)
+        for e in a.poll():
+            if isinstance(e, Send):
+                b.receive(e.data, 1.0)
+        assert a.value("k") == b.value("k") == 164

@@ -303,6 +303,70 @@ def test_with_pauses_between_writes_the_thread_alone_keeps_the_wal_small(tmp_pat
     h.close()
 
 
+def test_a_reader_in_another_process_never_stalls_the_writer(tmp_path: Path) -> None:
+    # (found by an attack: the writer's inline checkpoint waited 30 s for a reader's snapshot)
+    import time
+
+    db = tmp_path / "a.db"
+    storage = SqliteStorage(db, checkpoint_pages=20, checkpoint_every=0.01)
+    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h.start(0.0)
+    h.update("k", GCounter, GCounter.Increment(1), 0.0)
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM deltas").fetchone()  # (a snapshot held open)
+    worst = 0.0
+    for i in range(400):
+        t0 = time.perf_counter()
+        h.update(f"k{i % 50}", GCounter, GCounter.Increment(1), 0.0)
+        worst = max(worst, time.perf_counter() - t0)
+    assert worst < 1.0, worst
+    reader.execute("COMMIT")
+    reader.close()
+    h.close()
+
+
+def test_compactions_are_spread_over_writes_and_the_wal_stays_bounded(tmp_path: Path) -> None:
+    # (found by an attack: 200 keys coming due in one write compacted in one go, 3-12 s, and
+    # the WAL grew to hundreds of MB between two checks)
+    db = tmp_path / "a.db"
+    storage = SqliteStorage(db, checkpoint_pages=100, compact_min_bytes=1024)
+    h = Host.open("a", storage, lambda *m: None, wall_ms=1, clock_ms=None, config=QUIET)
+    h.start(0.0)
+    wal = Path(str(db) + "-wal")
+    peak = 0
+    for _ in range(600):
+        for k in range(200):  # one write of 200 keys per round
+            h.engine.update(f"c{k}", GCounter, GCounter.Increment(1), 0.0)
+        before = storage.compactions
+        h.run()
+        assert storage.compactions - before <= 8  # (at most 8 compactions in one write)
+        peak = max(peak, wal.stat().st_size)
+    assert storage.compactions > 100
+    assert peak < 16 * 1024 * 1024, peak  # (bound: 8 x 100 pages, plus one write's frames)
+    h.close()
+    snap = SqliteStorage(db).open("a")
+    assert snap is not None
+    assert all(snap.states[f"c{k}"].value() == 600 for k in range(200))
+
+
+def test_a_failed_open_releases_the_data_dir_and_its_thread(tmp_path: Path) -> None:
+    import threading
+
+    db = tmp_path / "c.db"
+    made = SqliteStorage(db)
+    made.create("a", 1)
+    made.close()
+    raw = sqlite3.connect(db)
+    raw.execute("DROP TABLE states")  # (a damaged data dir)
+    raw.commit()
+    raw.close()
+    for _ in range(2):  # (the second open must not say "in use by another process")
+        with pytest.raises(StorageError, match="not a usable data dir"):
+            SqliteStorage(db).open("a")
+    assert not [t for t in threading.enumerate() if t.name == "crdtcoord-checkpoint:c.db"]
+
+
 def test_a_dead_checkpointer_puts_checkpoints_back_inline(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
     storage = SqliteStorage(db)
