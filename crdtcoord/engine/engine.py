@@ -148,9 +148,10 @@ class Engine:
         self._local_batch = self._propagation.local_batch
         self._update_ctx = self._store.update_ctx
         self._plain: dict[type, bool] = {}
-        #: the current run of an extensible op (see ``update``): (state, op class, the run's
-        #: delta, poll count, batch generation) when it began
-        self._run: tuple[Any, type, Any, int, int] | None = None
+        #: the current run of an extensible op (see ``update``): (state, the run's delta, poll
+        #: count, batch generation) when it began
+        self._run: tuple[Any, Any, int, int] = (_ABSENT, None, -1, -1)
+        self._run_op: type | None = None  # (the run's op class)
         self._op_kind: dict[type, type | bool | None] = {}
         self._started = False
         self._leaving = False
@@ -431,20 +432,18 @@ class Engine:
             # Anything else, errors included, takes the general path below.
             state: Any = self._states.get(key, _ABSENT) if type(key) is str else _ABSENT
             kind = type(state)
-            run = self._run
             if (
-                run is not None
-                and run[0] is state
-                and run[1] is type(fn)
+                self._run_op is type(fn)  # (a callback or another op fails here, at once)
+                and (run := self._run)[0] is state
+                and run[2] == core.polls
                 and kind is factory
-                and run[3] == core.polls
-                and run[4] == self._propagation.batch_gen
+                and run[3] == self._propagation.batch_gen
             ):
                 # A run: the same op class on the same key's state since the last poll and
                 # flush. The run's first update emitted the Persist and batched the delta; this
                 # one folds into that delta in place (neither was consumed yet), as the
                 # driver's coalescing and the batch's join would have joined them.
-                fn.extend(state, self._update_ctx, run[2])  # type: ignore[union-attr]
+                fn.extend(state, self._update_ctx, run[1])  # type: ignore[union-attr]
                 self._dirty[key] = None
                 feed = self._feed
                 if feed.active and (feed.seen_gen != core.polls or key not in feed.local_seen):
@@ -461,13 +460,8 @@ class Engine:
                     if fkind is not None:
                         delta = fn.apply(state, self._update_ctx)  # type: ignore[union-attr]
                         if fn.EXTENDS:  # type: ignore[union-attr]
-                            self._run = (
-                                state,
-                                type(fn),
-                                delta,
-                                core.polls,
-                                self._propagation.batch_gen,
-                            )
+                            self._run_op = type(fn)
+                            self._run = (state, delta, core.polls, self._propagation.batch_gen)
                     else:
                         try:
                             delta = fn(state, self._update_ctx)  # type: ignore[operator]

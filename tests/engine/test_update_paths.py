@@ -272,3 +272,21 @@ def test_a_run_never_extends_a_delta_the_batch_joined_away() -> None:
             if isinstance(e, Send):
                 b.receive(e.data, 1.0)
         assert a.value("k") == b.value("k") == 164
+
+
+def test_a_run_of_counter_ops_between_two_polls_is_one_write_and_one_batched_delta() -> None:
+    eng = _twin(False, True)
+    eng.update("k", GCounter, GCounter.Increment(1), 0.0)
+    eng.poll()
+    for _ in range(10):
+        eng.update("k", GCounter, GCounter.Increment(2), 0.0)
+    writes = [e for e in eng.poll() if isinstance(e, Persist)]
+    assert [(w.key, w.delta.value()) for w in writes] == [("k", 21)]
+    for _ in range(3):  # (a decrement run on a PN-counter as well)
+        eng.update("p", PNCounter, PNCounter.Decrement(1), 0.0)
+    eng.poll()
+    for _ in range(4):
+        eng.update("p", PNCounter, PNCounter.Decrement(1), 0.0)
+    writes = [e for e in eng.poll() if isinstance(e, Persist)]
+    assert [(w.key, w.delta.value()) for w in writes] == [("p", -7)]
+    assert eng.value("k") == 21 and eng.value("p") == -7
