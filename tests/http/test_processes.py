@@ -204,6 +204,7 @@ def test_the_cli_end_to_end(cluster_of: Callable[..., Cluster], tmp_path: Path) 
     assert r.returncode == 1 and "no_such_key" in r.stderr
     r = cli("status", "--node", n1)
     assert r.returncode == 0 and "PEER" in r.stdout and "n2" in r.stdout, r.stdout
+    assert "compactions 0" in r.stdout and "checkpoints" in r.stdout, r.stdout
     # watch: the feed from the start of this process's cursors, then stop it
     w = subprocess.Popen(
         [*CLI, "watch", "team", "--node", n1, "--json"],

@@ -501,7 +501,13 @@ def format_status(st: dict[str, Any]) -> str:
         f"  repairs owed {', '.join(st['repairs']) or 'none'}"
         f"  pending requests {st['pending_requests']}",
         f"storage {s.get('kind')} {s.get('path', '')}  durability {s.get('durability', '-')}"
-        f"  writes {s.get('writes', '-')}  pending {s.get('pending_writes', 0)}",
+        f"  writes {s.get('writes', '-')}  pending {s.get('pending_writes', 0)}"
+        + (
+            f"  compactions {s['compactions']}  checkpoints {s.get('checkpoints', 0)}"
+            f" (inline {s.get('inline_checkpoints', 0)})"
+            if "compactions" in s
+            else ""
+        ),
         f"transport {t.get('url', '-')}  {'secured' if t.get('secured') else 'protected mode'}"
         f"{'  TLS' if t.get('tls') else ''}  sent {t.get('sent', 0)}  received"
         f" {t.get('received', 0)}  errors {t.get('send_errors', 0)}",
