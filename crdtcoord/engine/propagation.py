@@ -412,7 +412,8 @@ class Propagation:
         st.retry_at = core.now + self._backoff(st)
 
     def _backoff(self, st: PeerStream) -> float:
-        """The timeout after ``st.silent`` resends without progress: doubled each time, capped."""
+        """The timeout after ``st.silent`` resends without progress: doubled each time since
+        the backoff last started over (``backoff_from``, a sign of life), capped."""
         rto = self._rto(st)
         backoff = rto * (1 << min(max(st.silent - st.backoff_from - 1, 0), 6))
         return min(backoff, max(4 * self._core.config.retransmit_after, rto))

@@ -27,12 +27,14 @@ that crosses its threshold and syncs the database file there: on the node's even
 of 10-50 ms every few thousand writes (it was the largest part of the HTTP benchmark's
 propagation p99). The writer's connection has automatic checkpoints off; a background thread,
 with its own connection, runs a passive checkpoint (which never blocks a writer) once at least
-``checkpoint_pages`` WAL pages were written, or every ``checkpoint_every`` seconds after a write.
+``checkpoint_pages`` rows were written (a row takes about two WAL pages), or ``checkpoint_every``
+seconds after a write.
 The WAL restarts from its beginning only once every frame was copied, which a checkpoint running
 beside a writer that never pauses cannot achieve: if the WAL file reaches eight times
 ``checkpoint_pages`` pages after a write (its compactions included), the writer checkpoints and
 truncates it itself (``inline_checkpoints`` counts them; only sustained write load gets there),
-waiting at most 50 ms for a reader (the thread stands down meanwhile): with another process's
+waiting at most 50 ms for a reader (the thread stands down during that attempt): with another
+process's
 read snapshot open, it tries again a second later and the WAL grows meanwhile, as it would with
 SQLite's own checkpoints. Durability is the
 same either way: a commit is durable in the WAL before it returns.
@@ -225,11 +227,11 @@ class SqliteStorage:
                 db.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as exc:
             _log.warning("inline WAL checkpoint of %s failed (retried): %s", self.path, exc)
+        self._ckpt.paused = False  # (done or not: the thread goes on with its own checkpoints)
         if busy:  # (the thread's last copy still running: at the next write; a reader: 1 s)
             if not self._ckpt.running:
                 self._inline_after = time.monotonic() + 1.0
             return
-        self._ckpt.paused = False
         self.inline_checkpoints += 1
 
     def __enter__(self) -> SqliteStorage:
@@ -523,7 +525,7 @@ class _Checkpointer:
     def wrote(self, total_changes: int) -> None:
         """The writer committed (``total_changes``: the connection's row-change counter)."""
         self._dirty = True
-        # (rows are a cheap proxy for pages: a row is at most a few pages, usually a fraction)
+        # (rows are a cheap proxy for WAL pages: about two pages per row, measured)
         if total_changes - self._changes_at_last >= self._pages:
             self._changes_at_last = total_changes
             self._wake.set()
