@@ -126,14 +126,15 @@ def _quick_results(script: str, tmp_path: Path) -> dict[str, dict[str, Any]]:
     ``make bench`` installs, like redis-server, may be missing here: reported unavailable)."""
     target = tmp_path / f"{script}.json"
     path = ROOT / "benchmarks" / f"{script}.py"
-    subprocess.run(
+    r = subprocess.run(
         [sys.executable, str(path), "--quick", "--json", str(target)],
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
         env={**os.environ, "HTTP_BENCH_REDIS": "optional"},
     )
+    # (a failure shows what the script said: a bare CalledProcessError hides it)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return {r["name"]: r for r in json.loads(target.read_text())["results"]}
 
 
