@@ -248,10 +248,60 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert MemoryStorage  # (the in-memory storage would have lost all of it with the process)
 
 
+RUNS_CHILD = textwrap.dedent(
+    """
+    import sys
+    from crdtcoord import GCounter
+    from crdtcoord.engine import EngineConfig
+    from crdtcoord.host import Host
+    from crdtcoord.storage import SqliteStorage
+
+    cfg = EngineConfig(ae_enabled=False, gossip_membership=False)
+    store = SqliteStorage(sys.argv[1], checkpoint_pages=50, checkpoint_every=0.01)
+    h = Host.open("a", store, lambda *m: None, wall_ms=1, clock_ms=None, config=cfg)
+    h.start(0.0)
+    total = 0
+    while True:
+        for _ in range(10):  # a run: ten increments fold into one delta between two polls
+            h.engine.update("k", GCounter, GCounter.Increment(1), 0.0)
+        total += 10
+        h.run()  # written before it returns: from here on the run is acknowledged
+        print(total, flush=True)
+    """
+)
+
+
+def test_kill_9_during_runs_of_increments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNS_CHILD, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    acked = 0
+    for line in proc.stdout:
+        acked = int(line)
+        if acked >= 20_000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    snap = SqliteStorage(db).open("a")
+    assert snap is not None
+    value = snap.states["k"].value()
+    # every acknowledged run survived (the child may have written more before the kill, not
+    # read yet), and each run was written whole, as one delta: never part of one
+    assert value >= acked and value % 10 == 0, (value, acked)
+
+
 def test_wal_checkpoints_run_in_the_background_and_bound_the_wal(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    storage = SqliteStorage(db, checkpoint_pages=100, checkpoint_every=0.02)
-    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h = _open(db, checkpoint_pages=100, checkpoint_every=0.02)
+    storage = h.storage
+    assert isinstance(storage, SqliteStorage)
     h.start(0.0)
     # the writer's own connection never checkpoints inside a commit (that stalled the loop)
     probe = sqlite3.connect(db)
@@ -286,8 +336,9 @@ def test_with_pauses_between_writes_the_thread_alone_keeps_the_wal_small(tmp_pat
     import time
 
     db = tmp_path / "a.db"
-    storage = SqliteStorage(db, checkpoint_pages=100, checkpoint_every=0.01)
-    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h = _open(db, checkpoint_pages=100, checkpoint_every=0.01)
+    storage = h.storage
+    assert isinstance(storage, SqliteStorage)
     h.start(0.0)
     wal = Path(str(db) + "-wal")
     sizes = []
@@ -308,8 +359,9 @@ def test_a_reader_in_another_process_never_stalls_the_writer(tmp_path: Path) -> 
     import time
 
     db = tmp_path / "a.db"
-    storage = SqliteStorage(db, checkpoint_pages=20, checkpoint_every=0.01)
-    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h = _open(db, checkpoint_pages=20, checkpoint_every=0.01)
+    storage = h.storage
+    assert isinstance(storage, SqliteStorage)
     h.start(0.0)
     h.update("k", GCounter, GCounter.Increment(1), 0.0)
     reader = sqlite3.connect(db, isolation_level=None)
@@ -333,8 +385,9 @@ def test_compactions_are_spread_over_writes_and_the_wal_stays_bounded(tmp_path: 
     # (found by an attack: 200 keys coming due in one write compacted in one go, 3-12 s, and
     # the WAL grew to hundreds of MB between two checks)
     db = tmp_path / "a.db"
-    storage = SqliteStorage(db, checkpoint_pages=100, compact_min_bytes=1024)
-    h = Host.open("a", storage, lambda *m: None, wall_ms=1, clock_ms=None, config=QUIET)
+    h = _open(db, checkpoint_pages=100, compact_min_bytes=1024)
+    storage = h.storage
+    assert isinstance(storage, SqliteStorage)
     h.start(0.0)
     wal = Path(str(db) + "-wal")
     peak = 0
@@ -372,8 +425,9 @@ def test_a_failed_open_releases_the_data_dir_and_its_thread(tmp_path: Path) -> N
 
 def test_a_dead_checkpointer_puts_checkpoints_back_inline(tmp_path: Path) -> None:
     db = tmp_path / "a.db"
-    storage = SqliteStorage(db)
-    h = Host.open("a", storage, lambda *m: None, wall_ms=1_000, clock_ms=None, config=QUIET)
+    h = _open(db)
+    storage = h.storage
+    assert isinstance(storage, SqliteStorage)
     h.start(0.0)
     assert storage._ckpt is not None
     storage._ckpt.stop()  # (as if its thread had died)
